@@ -1,0 +1,35 @@
+"""Spectral Editing of Activations (SEA) for Hugging Face causal language models.
+
+Fit offline from demonstrations, edit online through forward hooks::
+
+    from spectral_edit import load_model, read_demos, capture_demos, fit_from_arrays
+
+    model, tokenizer = load_model("gemma-3-270m")
+    acts = capture_demos(model, tokenizer, read_demos("demos.jsonl"), layers=range(10, 18))
+    editor = fit_from_arrays(acts.neutral, acts.positive, acts.negative,
+                             layers=acts.layers, num_layers=18, pos_ratio=0.99, neg_ratio=0.99)
+    with editor.apply(model):
+        ...
+"""
+
+from .capture import capture
+from .demos import Demonstration, capture_demos, read_demos, write_demos
+from .editor import EditorFileError, SpectralEditor
+from .fit import SpectralFitter, fit_from_arrays
+from .layers import find_decoder_layers, parse_layers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Demonstration",
+    "EditorFileError",
+    "SpectralEditor",
+    "SpectralFitter",
+    "capture",
+    "capture_demos",
+    "find_decoder_layers",
+    "fit_from_arrays",
+    "parse_layers",
+    "read_demos",
+    "write_demos",
+]

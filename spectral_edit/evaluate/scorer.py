@@ -1,0 +1,208 @@
+"""The one log-likelihood scorer: continuations given contexts, sharing prefixes.
+
+Every benchmark and every method scores through :func:`score_requests`. A request is a
+context with its candidate continuations. Work shared between candidates is done once:
+
+1. a ``shared_prefix`` (e.g. the TruthfulQA primer or few-shot examples) is run once and
+   its key/value cache reused by every request that starts with it;
+2. each request's context is run once on top of that cache;
+3. its continuations run as one right-padded batch on copies of the context cache;
+4. the LM head is applied only at the positions that predict continuation tokens.
+
+Hooks on the model (an editor, a baseline) act on every one of these passes, so scores
+under an edit equal those of a plain full-sequence forward pass under the same edit.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ..tokens import (
+    accepts_position_ids,
+    cache_kwargs,
+    encode,
+    encode_pair,
+    input_device,
+    output_cache,
+    pad_id_of,
+)
+
+
+@dataclass(frozen=True)
+class ChoiceRequest:
+    """A context and the continuations to score after it (each scored independently)."""
+
+    context: str
+    continuations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Sum of token log-probabilities of one continuation, its token count, and whether
+    greedy decoding would have produced it."""
+
+    logprob: float
+    n_tokens: int
+    is_greedy: bool
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / max(self.n_tokens, 1)
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The base model (whose output is the final-normed hidden state) and the LM head."""
+    base = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or base is model or head is None:
+        raise TypeError(f"{type(model).__name__} is not a causal LM with a separate LM head")
+    return base, head
+
+
+def lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from final hidden states ``(..., d)``, exactly as the model's forward makes
+    them (including Gemma-style final soft-capping and Cohere/Granite logit scaling)."""
+    _, head = decoder_and_head(model)
+    logits = head(hidden.to(head.weight.device)).float()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
+    scaling = getattr(config, "logits_scaling", None)
+    if isinstance(scaling, (int, float)) and scaling != 1:
+        logits = logits / scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+class _Runner:
+    """Runs the base model on new tokens on top of a cache (batch rows share the past)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.base, _ = decoder_and_head(model)
+        self.device = input_device(model)
+        self.with_positions = accepts_position_ids(self.base)
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, past, past_len: int):
+        """``ids``/``mask`` ``(B, T)``; returns (final hidden ``(B, T, d)``, cache)."""
+        batch, width = ids.shape
+        full_mask = torch.cat([torch.ones(batch, past_len, dtype=mask.dtype), mask], dim=1)
+        kwargs = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": full_mask.to(self.device),
+            "use_cache": True,
+            **cache_kwargs(self.base, past),
+        }
+        if self.with_positions:
+            positions = torch.arange(past_len, past_len + width).expand(batch, width)
+            kwargs["position_ids"] = positions.to(self.device)
+        out = self.base(**kwargs)
+        return out.last_hidden_state, output_cache(out)
+
+
+def _expand(cache, repeats: int):
+    cache = copy.deepcopy(cache)
+    if cache is not None and repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+    return cache
+
+
+@torch.no_grad()
+def score_requests(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[ChoiceRequest],
+    *,
+    shared_prefix: str | None = None,
+    batch_size: int = 16,
+    progress: bool | str = False,
+) -> list[list[ContinuationScore]]:
+    """Score every continuation of every request; results follow the input order.
+
+    ``shared_prefix``: a string most contexts start with; its cache is computed once and
+    reused where the context's tokens start with the prefix's tokens (others are run in
+    full). ``batch_size``: continuations per forward pass.
+    """
+    run = _Runner(model)
+    pad = pad_id_of(tokenizer)
+    prefix_ids: list[int] = []
+    prefix_cache = None
+    prefix_last: torch.Tensor | None = None
+    if shared_prefix:
+        prefix_ids = encode(tokenizer, shared_prefix)
+        hidden, prefix_cache = run(
+            torch.tensor([prefix_ids]), torch.ones(1, len(prefix_ids), dtype=torch.long), None, 0
+        )
+        prefix_last = hidden[:, -1]
+    results: list[list[ContinuationScore]] = []
+    bar = tqdm(
+        total=len(requests), desc=progress if isinstance(progress, str) else "score",
+        disable=not progress, unit="req",
+    )
+    for request in requests:
+        pairs = [encode_pair(tokenizer, request.context, c) for c in request.continuations]
+        context_ids = pairs[0][0] if pairs else []
+        targets = [cont for _, cont in pairs]
+        if any(len(t) == 0 for t in targets):
+            raise ValueError(f"a continuation of {request.context[-60:]!r} encodes to no tokens")
+        shared = bool(prefix_ids) and context_ids[: len(prefix_ids)] == prefix_ids
+        if shared:
+            past, past_len, rest = copy.deepcopy(prefix_cache), len(prefix_ids), context_ids[len(prefix_ids) :]
+        else:
+            past, past_len, rest = None, 0, context_ids
+        if rest:
+            hidden, past = run(torch.tensor([rest]), torch.ones(1, len(rest), dtype=torch.long), past, past_len)
+            last = hidden[:, -1]
+            past_len += len(rest)
+        else:
+            last = prefix_last
+        scores: list[ContinuationScore] = []
+        for start in range(0, len(targets), batch_size):
+            chunk = targets[start : start + batch_size]
+            scores.extend(_score_chunk(model, run, chunk, last, past, past_len, pad))
+        results.append(scores)
+        bar.update(1)
+    bar.close()
+    return results
+
+
+def _score_chunk(model, run: _Runner, chunk, last, past, past_len, pad) -> list[ContinuationScore]:
+    """Score continuations ``chunk`` (token lists) after a context whose final hidden state
+    is ``last`` ``(1, d)`` and whose cache is ``past`` (not modified)."""
+    width = max(len(t) for t in chunk)
+    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for row, tokens in enumerate(chunk):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    predictors = []
+    if width > 1:
+        hidden, _ = run(ids[:, :-1], mask[:, :-1], _expand(past, len(chunk)), past_len)
+    for row, tokens in enumerate(chunk):
+        rows = [last[0]]
+        if len(tokens) > 1:
+            rows.extend(hidden[row, : len(tokens) - 1])
+        predictors.append(torch.stack(rows))
+    logprobs = torch.log_softmax(lm_head_logits(model, torch.cat(predictors)), dim=-1)
+    flat_targets = torch.tensor([t for tokens in chunk for t in tokens], device=logprobs.device)
+    picked = logprobs.gather(1, flat_targets[:, None])[:, 0]
+    greedy = logprobs.argmax(-1) == flat_targets
+    out, offset = [], 0
+    for tokens in chunk:
+        n = len(tokens)
+        out.append(ContinuationScore(
+            logprob=float(picked[offset : offset + n].double().sum()),
+            n_tokens=n,
+            is_greedy=bool(greedy[offset : offset + n].all()),
+        ))
+        offset += n
+    return out

@@ -1,0 +1,79 @@
+"""The maths of SEA, written once: ranks from energy, projections, and the edit.
+
+Shapes: ``d`` hidden size; ``U+`` is ``(d, k+)`` and ``U-`` is ``(d, k-)`` with
+orthonormal columns. ``P+ = U+ U+^T`` and ``P- = I - U- U-^T`` are never formed densely
+on the hot path: ``P+ h = U+ (U+^T h)`` and ``P- h = h - U- (U-^T h)`` cost ``O(d k)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .features import FeatureMap
+
+MERGES = ("norm", "mean")
+
+
+def rank_for_energy(singular_values: torch.Tensor, ratio: float) -> int:
+    """Smallest ``k`` with ``sum_{j<=k} s_j^2 / sum_j s_j^2 >= ratio``, clamped to ``[1, d]``.
+
+    ``singular_values`` must be sorted in descending order; ``ratio`` in ``(0, 1]``.
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f"energy ratio must be in (0, 1], got {ratio}")
+    energy = singular_values.double().square()
+    total = energy.sum()
+    if not torch.isfinite(total) or total <= 0:
+        raise ValueError("cannot rank a zero (or non-finite) cross-covariance")
+    fractions = energy.cumsum(0) / total
+    k = int(torch.searchsorted(fractions, torch.tensor(ratio, dtype=fractions.dtype)).item()) + 1
+    return max(1, min(k, singular_values.numel()))
+
+
+def energy_fractions(singular_values: torch.Tensor) -> torch.Tensor:
+    """Cumulative explained-energy fractions ``(d,)`` of descending singular values."""
+    energy = singular_values.double().square()
+    return energy.cumsum(0) / energy.sum()
+
+
+def dense_projections(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense ``(P+, P-)``, each ``(d, d)``, from factors ``(d, k+)`` and ``(d, k-)``.
+
+    For analysis and tests only; the edit itself never forms them.
+    """
+    eye = torch.eye(pos.shape[0], dtype=pos.dtype, device=pos.device)
+    return pos @ pos.T, eye - neg @ neg.T
+
+
+def spectral_edit(
+    h: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    *,
+    merge: str = "norm",
+    alpha: float = 1.0,
+    feature: FeatureMap | None = None,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Edit activations ``h`` ``(..., d)`` of one layer; returns the same shape and dtype.
+
+    ``u = φ_s(h)``; ``z = P+ u + P- u``; merge ``norm``: ``z · ‖u‖ / ‖z‖`` per token,
+    ``mean``: ``z / 2``; ``h' = φ_s^{-1}(z)`` (sign from ``h`` where φ needs it);
+    result ``h + α (h' − h)``. ``pos``/``neg`` must share ``h``'s device. Half-precision
+    inputs are computed in float32.
+    """
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, not {merge!r}")
+    compute = torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
+    x = h.to(compute)
+    pos = pos.to(compute)
+    neg = neg.to(compute)
+    u = x if feature is None or feature.is_identity else feature.forward(x, scale)
+    z = (u @ pos) @ pos.T + u - (u @ neg) @ neg.T
+    if merge == "norm":
+        tiny = torch.finfo(compute).tiny
+        z = z * (u.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(tiny))
+    else:
+        z = z / 2
+    edited = z if feature is None or feature.is_identity else feature.inverse(z, scale, x)
+    return (x + alpha * (edited - x)).to(h.dtype)

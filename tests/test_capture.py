@@ -1,0 +1,112 @@
+"""Captured activations equal a plain forward pass, whatever the padding and batch."""
+
+import pytest
+import torch
+
+from spectral_edit.capture import capture
+from spectral_edit.layers import LayerNotFoundError, find_decoder_layers, parse_layers
+from spectral_edit.tokens import encode_pair
+
+from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
+
+TEXTS = [("the cat sat", " on the mat"), ("a", " b c d e f g"), ("hello world and more", "")]
+
+
+def _reference(model, tokenizer, context, continuation, token="last"):
+    """Per-layer decoder outputs of one unpadded sequence, from ``output_hidden_states``.
+
+    transformers 5 returns the *final-normed* state as the last entry of
+    ``hidden_states``, so the last layer's raw output is read with a plain hook instead
+    (and the test checks that entry is indeed the normed one).
+    """
+    ctx, cont = encode_pair(tokenizer, context, continuation)
+    ids = torch.tensor([ctx + cont])
+    raw = {}
+    last_layer = find_decoder_layers(model)[-1]
+    handle = last_layer.register_forward_hook(
+        lambda m, a, out: raw.update(last=out if torch.is_tensor(out) else out[0])
+    )
+    try:
+        out = model(input_ids=ids, output_hidden_states=True)
+    finally:
+        handle.remove()
+    hidden = list(out.hidden_states)
+    base = model.base_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(hidden[-1], base)
+    hidden[-1] = raw["last"]
+    if token == "mean" and cont:
+        return torch.stack([h[0, len(ctx) :].mean(0) for h in hidden[1:]])
+    return torch.stack([h[0, -1] for h in hidden[1:]])
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_capture_matches_hidden_states(arch, side):
+    model = make_tiny_model(arch)
+    tokenizer = make_tiny_tokenizer()
+    n_layers = len(find_decoder_layers(model))
+    layers = list(range(n_layers))
+    got = capture(model, tokenizer, [c for c, _ in TEXTS], [a for _, a in TEXTS],
+                  layers=layers, padding_side=side, batch_size=3)
+    for i, (context, continuation) in enumerate(TEXTS):
+        expected = _reference(model, tokenizer, context, continuation)
+        torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_capture_mean_and_subset_of_layers(arch):
+    model = make_tiny_model(arch)
+    tokenizer = make_tiny_tokenizer()
+    got = capture(model, tokenizer, [c for c, _ in TEXTS], [a for _, a in TEXTS],
+                  layers=[0], token="mean", padding_side="left")
+    for i, (context, continuation) in enumerate(TEXTS):
+        expected = _reference(model, tokenizer, context, continuation, token="mean")[0]
+        torch.testing.assert_close(got[i, 0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_capture_stops_after_deepest_layer():
+    model = make_tiny_model("llama")
+    tokenizer = make_tiny_tokenizer()
+    calls = []
+    head = model.get_output_embeddings().register_forward_hook(lambda *a: calls.append("head"))
+    last = find_decoder_layers(model)[-1].register_forward_hook(lambda *a: calls.append("last"))
+    try:
+        capture(model, tokenizer, ["some text"], layers=[0])
+    finally:
+        head.remove()
+        last.remove()
+    assert calls == []
+
+
+def test_mlp_site_is_mlp_output():
+    model = make_tiny_model("qwen2")
+    tokenizer = make_tiny_tokenizer()
+    seen = {}
+    mlp = find_decoder_layers(model)[1].mlp
+    handle = mlp.register_forward_hook(lambda m, a, out: seen.update(out=out[0, -1].clone()))
+    try:
+        got = capture(model, tokenizer, ["the cat sat"], layers=[1], site="mlp")
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got[0, 0], seen["out"])
+
+
+def test_find_layers_override_and_errors():
+    model = make_tiny_model("gpt2")
+    assert find_decoder_layers(model, "transformer.h") is model.transformer.h
+    with pytest.raises(LayerNotFoundError, match="does not exist"):
+        find_decoder_layers(model, "transformer.nope")
+    with pytest.raises(LayerNotFoundError, match="not a non-empty ModuleList"):
+        find_decoder_layers(model, "transformer.wte")
+    with pytest.raises(LayerNotFoundError, match="no decoder-layer"):
+        find_decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_parse_layers():
+    assert parse_layers("last-2", 5) == [3, 4]
+    assert parse_layers("all", 3) == [0, 1, 2]
+    assert parse_layers("0,-1", 4) == [0, 3]
+    assert parse_layers([2, 2, 1], 4) == [1, 2]
+    for bad in ("last-0", "last-9", "x", "7"):
+        with pytest.raises(ValueError):
+            parse_layers(bad, 4)

@@ -1,0 +1,79 @@
+"""The shared-prefix scorer equals plain full-sequence log-probabilities."""
+
+import pytest
+import torch
+
+from spectral_edit import fit_from_arrays
+from spectral_edit.evaluate.scorer import ChoiceRequest, lm_head_logits, score_requests
+from spectral_edit.layers import find_decoder_layers
+from spectral_edit.tokens import encode_pair
+
+from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
+
+PREFIX = "q: what is it\na: it is a cat\n\n"
+REQUESTS = [
+    ChoiceRequest(PREFIX + "q: where is the dog\na:", (" in the house", " no", " on the big red mat")),
+    ChoiceRequest(PREFIX + "q: why\na:", (" because", " it is so and so and so")),
+    ChoiceRequest("unrelated context", (" one", " two three")),
+    ChoiceRequest("", (" a whole sentence scored alone",)),
+]
+
+
+def _plain_logprob(model, tokenizer, context, continuation):
+    ctx, cont = encode_pair(tokenizer, context, continuation)
+    ids = torch.tensor([ctx + cont])
+    logprobs = torch.log_softmax(model(ids).logits[0].double(), -1)
+    return sum(logprobs[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont)), len(cont)
+
+
+def _editor(model):
+    blocks = len(find_decoder_layers(model))
+    d = model.config.get_text_config().hidden_size
+    gen = torch.Generator().manual_seed(0)
+    h, hp, hn = (torch.randn(30, blocks, d, generator=gen) for _ in range(3))
+    return fit_from_arrays(h, hp, hn, pos_rank=2, neg_rank=3, num_layers=blocks)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_lm_head_logits_match_model(arch):
+    model = make_tiny_model(arch)
+    ids = torch.tensor([[5, 9, 17, 33]])
+    hidden = model.base_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(lm_head_logits(model, hidden), model(ids).logits, atol=1e-5,
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("edited", [False, True])
+def test_scorer_matches_full_forward(arch, edited):
+    model = make_tiny_model(arch)
+    tokenizer = make_tiny_tokenizer()
+    editor = _editor(model)
+    with editor.with_options(alpha=1.0 if edited else 0.0).apply(model):
+        shared = score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=2)
+        unshared = score_requests(model, tokenizer, REQUESTS, batch_size=8)
+        for request, got_a, got_b in zip(REQUESTS, shared, unshared, strict=True):
+            for continuation, a, b in zip(request.continuations, got_a, got_b, strict=True):
+                expected, n = _plain_logprob(model, tokenizer, request.context, continuation)
+                assert a.n_tokens == b.n_tokens == n
+                assert abs(a.logprob - expected) < 1e-4
+                assert abs(b.logprob - expected) < 1e-4
+
+
+def test_edit_changes_scores_and_greedy_flag():
+    model = make_tiny_model("llama")
+    tokenizer = make_tiny_tokenizer()
+    plain = score_requests(model, tokenizer, REQUESTS)
+    with _editor(model).apply(model):
+        edited = score_requests(model, tokenizer, REQUESTS)
+    assert any(abs(a.logprob - b.logprob) > 1e-3 for ra, rb in zip(plain, edited, strict=True)
+               for a, b in zip(ra, rb, strict=True))
+    # a continuation made of the greedy next token is greedy
+    ctx = "q: why\na:"
+    ids = torch.tensor([encode_pair(tokenizer, ctx, " x")[0]])
+    token = int(model(ids).logits[0, -1].argmax())
+    text = tokenizer.decode([token])
+    pair_ids = encode_pair(tokenizer, ctx, text)[1]
+    if pair_ids == [token]:
+        (score,) = score_requests(model, tokenizer, [ChoiceRequest(ctx, (text,))])[0]
+        assert score.is_greedy
