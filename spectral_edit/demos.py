@@ -79,7 +79,8 @@ def write_demos(path: str | Path, demos: Iterable[Demonstration]) -> Path:
     for demo in demos:
         record = {k: v for k, v in asdict(demo).items() if v is not None}
         lines.append(json.dumps(record, ensure_ascii=False))
-    return atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    return Path(path)
 
 
 def answer_text(answer: str) -> str:

@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,12 @@ NAME_ATTR = "sea_model_name"
 
 REVISION_ATTR = "sea_revision"
 """Config attribute holding the revision :func:`resolve_revision` reports."""
+
+_TRANSFORMERS_LOCK = threading.RLock()
+"""Serialises model construction/loading within this process: transformers patches
+process-global state while building a model (init and weight-tying contexts), so two
+threads loading at once can leave one model with untied or uninitialised (meta) weights.
+Never held while waiting for a conversion's file lock."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
@@ -251,12 +258,13 @@ def _slug(text: str) -> str:
 
 
 def _builtin_source(builtin: BuiltinModel) -> _GgufSource:
+    pinned = builtin.source_sha256()
     return _GgufSource(
         name=builtin.name,
         slug=_slug(builtin.name),
-        fingerprint=builtin.source_sha256(),
+        fingerprint=pinned,
         locate=builtin.gguf_path,
-        expected_sha256=builtin.source_sha256(),
+        expected_sha256=pinned,
     )
 
 
@@ -406,11 +414,13 @@ def _convert(source: _GgufSource, target: Path) -> None:
 
     logger.info("converting %s once into %s (slow; later loads use the cache)", gguf_path, target)
     start = time.perf_counter()
-    gguf_model, tokenizer = load_gguf_uncached(gguf_path)
+    with _TRANSFORMERS_LOCK:
+        gguf_model, tokenizer = load_gguf_uncached(gguf_path)
     timings["gguf_load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    plain = _plain_copy(gguf_model)
+    with _TRANSFORMERS_LOCK:
+        plain = _plain_copy(gguf_model)
     del gguf_model
     setattr(plain.config, NAME_ATTR, source.name)
     setattr(plain.config, REVISION_ATTR, f"sha256:{source_sha256}")
@@ -552,10 +562,11 @@ def _from_pretrained(
     }
     if revision is not None:
         common["revision"] = revision
-    tokenizer = AutoTokenizer.from_pretrained(location, **common)
-    model = AutoModelForCausalLM.from_pretrained(
-        location, dtype=dtype, device_map=device_map, **common
-    )
+    with _TRANSFORMERS_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, device_map=device_map, **common
+        )
     return model, tokenizer
 
 

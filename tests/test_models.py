@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -257,6 +258,12 @@ def test_plain_file_and_invalid_hub_id_are_rejected(tmp_path: Path) -> None:
         load_model("not a valid id!")
 
 
+def test_folder_without_model_files_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load a model from the folder") as info:
+        load_model(str(tmp_path))
+    assert str(tmp_path.resolve()) in str(info.value)
+
+
 def test_revision_only_for_hub_ids(saved_tiny: tuple[Path, PreTrainedModel]) -> None:
     with pytest.raises(ValueError, match="Hub ids only"):
         load_model(str(saved_tiny[0]), revision="main")
@@ -274,11 +281,14 @@ def test_unreachable_hub_gives_clear_error() -> None:
 
 
 def test_translate_hub_error_maps_missing_repo_and_leaves_others() -> None:
+    from types import SimpleNamespace
+
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    response: Any = SimpleNamespace(headers={}, request=None, status_code=404)
     try:
         try:
-            raise RepositoryNotFoundError("404", response=None)  # type: ignore[arg-type]
+            raise RepositoryNotFoundError("404", response=response)
         except RepositoryNotFoundError as inner:
             raise OSError("wrapped") from inner
     except OSError as outer:

@@ -16,6 +16,7 @@ REQUESTS = [
     ChoiceRequest(PREFIX + "q: why\na:", (" because", " it is so and so and so")),
     ChoiceRequest("unrelated context", (" one", " two three")),
     ChoiceRequest("", (" a whole sentence scored alone",)),
+    ChoiceRequest(PREFIX.rstrip(), (" q: next", " x")),  # the context is the prefix itself
 ]
 
 
@@ -50,14 +51,20 @@ def test_scorer_matches_full_forward(arch, edited):
     tokenizer = make_tiny_tokenizer()
     editor = _editor(model)
     with editor.with_options(alpha=1.0 if edited else 0.0).apply(model):
-        shared = score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=2)
-        unshared = score_requests(model, tokenizer, REQUESTS, batch_size=8)
-        for request, got_a, got_b in zip(REQUESTS, shared, unshared, strict=True):
-            for continuation, a, b in zip(request.continuations, got_a, got_b, strict=True):
+        runs = [
+            score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=2,
+                           share_contexts=True),
+            score_requests(model, tokenizer, REQUESTS, batch_size=8, share_contexts=True),
+            score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=3,
+                           share_contexts=False),
+            score_requests(model, tokenizer, REQUESTS, batch_size=16, share_contexts=False),
+        ]
+        for r, request in enumerate(REQUESTS):
+            for c, continuation in enumerate(request.continuations):
                 expected, n = _plain_logprob(model, tokenizer, request.context, continuation)
-                assert a.n_tokens == b.n_tokens == n
-                assert abs(a.logprob - expected) < 1e-4
-                assert abs(b.logprob - expected) < 1e-4
+                for run in runs:
+                    assert run[r][c].n_tokens == n
+                    assert abs(run[r][c].logprob - expected) < 1e-4
 
 
 def test_edit_changes_scores_and_greedy_flag():
@@ -77,3 +84,17 @@ def test_edit_changes_scores_and_greedy_flag():
     if pair_ids == [token]:
         (score,) = score_requests(model, tokenizer, [ChoiceRequest(ctx, (text,))])[0]
         assert score.is_greedy
+
+
+@pytest.mark.parametrize("share_contexts", [True, False])
+def test_context_equal_to_prefix(share_contexts):
+    model = make_tiny_model("qwen3")
+    tokenizer = make_tiny_tokenizer()
+    prefix = "q: what is it\na: it is a cat"
+    requests = [ChoiceRequest(prefix, (" and a dog", ".")), ChoiceRequest(prefix + " x", (" y",))]
+    got = score_requests(model, tokenizer, requests, shared_prefix=prefix,
+                         share_contexts=share_contexts)
+    for request, scores in zip(requests, got, strict=True):
+        for continuation, score in zip(request.continuations, scores, strict=True):
+            expected, _ = _plain_logprob(model, tokenizer, request.context, continuation)
+            assert abs(score.logprob - expected) < 1e-4

@@ -106,7 +106,9 @@ def iter_json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[st
     """
     p = Path(path)
     text = _read_text(p)
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() would also split on U+2028 & co., which JSON
+    # allows unescaped inside strings.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         obj = _decode(raw, p, lineno)

@@ -302,12 +302,11 @@ def _check_relpath(relpath: str) -> str:
 
 
 def _how_to_provide(rel: str, target: Path, known: RemoteFile | None) -> str:
-    lines = [
-        f"  - put the file at {target}, or",
-        f"  - point ${ENV_DATA_DIR} (or --data-dir) at a folder that contains {rel}",
-    ]
     if known is not None and known.url is not None:
-        lines.insert(0, f"  - download {known.url}")
+        first = f"  - download {known.url}\n    and save it as {target}, or"
+    else:
+        first = f"  - put the file at {target}, or"
+    lines = [first, f"  - point ${ENV_DATA_DIR} (or --data-dir) at a folder that contains {rel}"]
     if known is not None and known.sha256 is not None:
         lines.append(f"  (expected sha256: {known.sha256})")
     if known is not None and known.note:

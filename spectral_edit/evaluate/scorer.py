@@ -124,15 +124,22 @@ def score_requests(
     *,
     shared_prefix: str | None = None,
     batch_size: int = 16,
+    share_contexts: bool | None = None,
     progress: bool | str = False,
 ) -> list[list[ContinuationScore]]:
     """Score every continuation of every request; results follow the input order.
 
     ``shared_prefix``: a string most contexts start with; its cache is computed once and
     reused where the context's tokens start with the prefix's tokens (others are run in
-    full). ``batch_size``: continuations per forward pass.
+    full). ``batch_size``: sequences per forward pass. ``share_contexts``: run each
+    context once and its continuations on its cache (fewest FLOPs: best on CPUs), or pack
+    context-plus-continuation sequences of many requests into each batch on the prefix
+    cache (fewest passes: best on GPUs). Default: share on CPU, pack on accelerators.
+    Both give the same scores.
     """
     run = _Runner(model)
+    if share_contexts is None:
+        share_contexts = run.device.type == "cpu"
     pad = pad_id_of(tokenizer)
     prefix_ids: list[int] = []
     prefix_cache = None
@@ -143,6 +150,11 @@ def score_requests(
             torch.tensor([prefix_ids]), torch.ones(1, len(prefix_ids), dtype=torch.long), None, 0
         )
         prefix_last = hidden[:, -1]
+    if not share_contexts:
+        return _score_packed(
+            model, run, tokenizer, requests, prefix_ids, prefix_cache, prefix_last, pad,
+            batch_size, progress,
+        )
     results: list[list[ContinuationScore]] = []
     bar = tqdm(
         total=len(requests), desc=progress if isinstance(progress, str) else "score",
@@ -175,6 +187,81 @@ def score_requests(
     return results
 
 
+def _score_packed(
+    model, run: _Runner, tokenizer, requests, prefix_ids, prefix_cache, prefix_last, pad,
+    batch_size: int, progress: bool | str,
+) -> list[list[ContinuationScore]]:
+    """Pack ``context-after-prefix + continuation`` sequences of many requests per batch.
+
+    Each sequence runs on a copy of the prefix cache (or from scratch when its context does
+    not start with the prefix); the LM head sees only continuation-predicting positions.
+    """
+    items = []  # (request, choice, tokens, first predicting position, n continuation tokens)
+    for r, request in enumerate(requests):
+        for c, continuation in enumerate(request.continuations):
+            context_ids, target = encode_pair(tokenizer, request.context, continuation)
+            if not target:
+                raise ValueError(f"a continuation of {request.context[-60:]!r} encodes to no tokens")
+            shared = bool(prefix_ids) and context_ids[: len(prefix_ids)] == prefix_ids
+            rest = context_ids[len(prefix_ids) :] if shared else context_ids
+            items.append((r, c, shared, rest + target, len(rest) - 1, len(target)))
+    results: list[list[ContinuationScore | None]] = [
+        [None] * len(request.continuations) for request in requests
+    ]
+    # group by (shared, length) so batches are dense and share one kind of past
+    order = sorted(range(len(items)), key=lambda i: (items[i][2], len(items[i][3])))
+    bar = tqdm(
+        total=len(items), desc=progress if isinstance(progress, str) else "score",
+        disable=not progress, unit="seq",
+    )
+    start = 0
+    while start < len(order):
+        kind = items[order[start]][2]
+        rows = [i for i in order[start : start + batch_size] if items[i][2] == kind]
+        start += len(rows)
+        width = max(len(items[i][3]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, i in enumerate(rows):
+            tokens = items[i][3]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        past, past_len = (_expand(prefix_cache, len(rows)), len(prefix_ids)) if kind else (None, 0)
+        hidden, _ = run(ids, mask, past, past_len)
+        predictors, targets = [], []
+        for row, i in enumerate(rows):
+            _, _, _, tokens, first, n = items[i]
+            if first < 0:  # the context is exactly the prefix: its last state predicts
+                predictors.append(torch.cat([prefix_last, hidden[row, : n - 1]]))
+            else:
+                predictors.append(hidden[row, first : first + n])
+            targets.extend(tokens[first + 1 :])
+        scores = _score_rows(model, torch.cat(predictors), targets, [items[i][5] for i in rows])
+        for i, score in zip(rows, scores, strict=True):
+            results[items[i][0]][items[i][1]] = score
+        bar.update(len(rows))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _score_rows(model, predictors: torch.Tensor, targets: list[int], lengths: list[int]):
+    """Sum the log-probabilities of ``targets`` predicted by the hidden ``predictors``
+    ``(sum(lengths), d)``, split into continuations of ``lengths`` tokens."""
+    logprobs = torch.log_softmax(lm_head_logits(model, predictors), dim=-1)
+    flat_targets = torch.tensor(targets, device=logprobs.device)
+    picked = logprobs.gather(1, flat_targets[:, None])[:, 0].double().cpu()
+    greedy = (logprobs.argmax(-1) == flat_targets).cpu()
+    out, offset = [], 0
+    for n in lengths:
+        out.append(ContinuationScore(
+            logprob=float(picked[offset : offset + n].sum()),
+            n_tokens=n,
+            is_greedy=bool(greedy[offset : offset + n].all()),
+        ))
+        offset += n
+    return out
+
+
 def _score_chunk(model, run: _Runner, chunk, last, past, past_len, pad) -> list[ContinuationScore]:
     """Score continuations ``chunk`` (token lists) after a context whose final hidden state
     is ``last`` ``(1, d)`` and whose cache is ``past`` (not modified)."""
@@ -192,17 +279,5 @@ def _score_chunk(model, run: _Runner, chunk, last, past, past_len, pad) -> list[
         if len(tokens) > 1:
             rows.extend(hidden[row, : len(tokens) - 1])
         predictors.append(torch.stack(rows))
-    logprobs = torch.log_softmax(lm_head_logits(model, torch.cat(predictors)), dim=-1)
-    flat_targets = torch.tensor([t for tokens in chunk for t in tokens], device=logprobs.device)
-    picked = logprobs.gather(1, flat_targets[:, None])[:, 0]
-    greedy = logprobs.argmax(-1) == flat_targets
-    out, offset = [], 0
-    for tokens in chunk:
-        n = len(tokens)
-        out.append(ContinuationScore(
-            logprob=float(picked[offset : offset + n].double().sum()),
-            n_tokens=n,
-            is_greedy=bool(greedy[offset : offset + n].all()),
-        ))
-        offset += n
-    return out
+    targets = [t for tokens in chunk for t in tokens]
+    return _score_rows(model, torch.cat(predictors), targets, [len(t) for t in chunk])

@@ -1,0 +1,74 @@
+"""Demonstration builders: benchmark records → :class:`Demonstration` lists (method.md).
+
+- HaluEval QA (truthfulness, the paper's source): positive = ``right_answer``, negative =
+  one ``;``-separated piece of ``hallucinated_answer`` (seeded choice, "." appended when
+  missing); prompt = the TruthfulQA QA primer + ``Q: {question}\\nA:``; items shuffled with
+  the seed (paper: 44) before taking the first ``limit``.
+- TruthfulQA fold (2-fold cross-validation): positive = best answer, negative = one
+  incorrect answer (seeded), same prompt.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from .data.halueval import HaluEvalQA
+from .data.truthfulqa import QA_PRIMER, TruthfulQARow
+from .demos import Demonstration
+
+PAPER_SEED = 44
+
+
+def qa_prompt(question: str) -> str:
+    """The TruthfulQA-style prompt for a question: primer, blank line, ``Q: ...\\nA:``."""
+    return f"{QA_PRIMER}\n\nQ: {question.strip()}\nA:"
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def halueval_demos(
+    items: Sequence[HaluEvalQA], *, limit: int | None = None, seed: int = PAPER_SEED
+) -> list[Demonstration]:
+    """Demonstrations from HaluEval QA items (shuffled with ``seed``, first ``limit``)."""
+    rng = random.Random(seed)
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    if limit is not None:
+        order = order[:limit]
+    demos = []
+    for index in order:
+        item = items[index]
+        pieces = [p.strip() for p in item.hallucinated_answer.split(";") if p.strip()]
+        negative = rng.choice(pieces) if pieces else item.hallucinated_answer
+        demos.append(Demonstration(
+            prompt=qa_prompt(item.question),
+            positive=_sentence(item.right_answer),
+            negative=_sentence(negative),
+        ))
+    return demos
+
+
+def truthfulqa_demos(
+    rows: Sequence[TruthfulQARow], *, limit: int | None = None, seed: int = PAPER_SEED
+) -> list[Demonstration]:
+    """Demonstrations from TruthfulQA rows: best answer vs one incorrect answer."""
+    rng = random.Random(seed)
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    if limit is not None:
+        order = order[:limit]
+    demos = []
+    for index in order:
+        row = rows[index]
+        if not row.incorrect_answers:
+            continue
+        demos.append(Demonstration(
+            prompt=qa_prompt(row.question),
+            positive=_sentence(row.best_answer),
+            negative=_sentence(rng.choice(row.incorrect_answers)),
+        ))
+    return demos

@@ -1,0 +1,313 @@
+"""The ``sea`` command line. Thin: every command calls the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .models import DEFAULT_MODEL
+
+app = typer.Typer(
+    help="Spectral Editing of Activations (SEA): fit, apply and evaluate activation edits.",
+    no_args_is_help=True, pretty_exceptions_show_locals=False,
+)
+demos_app = typer.Typer(help="Build demonstration files from benchmark data.",
+                        no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a model, optionally under an editor.", no_args_is_help=True)
+app.add_typer(demos_app, name="demos")
+app.add_typer(eval_app, name="eval")
+console = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF id or folder, .gguf file, "
+                                       f"or built-in name ({DEFAULT_MODEL}).")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Benchmark data folder (default: $SEA_DATA_DIR, else the user cache).")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or auto.")]
+DeviceMapOpt = Annotated[str | None, typer.Option("--device-map",
+                                                  help="accelerate device map, e.g. auto.")]
+EditorOpt = Annotated[Path | None, typer.Option("--editor", "-e", help="Editor .safetensors.")]
+LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N items.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=2)
+
+
+def _load(model: str, dtype: str | None, device_map: str | None):
+    from .models import ModelLoadError, load_model
+
+    try:
+        with console.status(f"loading {model} …"):
+            return load_model(model, dtype=dtype, device_map=device_map)
+    except (ModelLoadError, OSError, ValueError) as error:
+        raise _fail(str(error)) from None
+
+
+def _load_editor(path: Path, model, alpha: float | None = None):
+    from .editor import EditorFileError, SpectralEditor
+
+    try:
+        editor = SpectralEditor.load(path, model)
+    except EditorFileError as error:
+        raise _fail(str(error)) from None
+    return editor if alpha is None else editor.with_options(alpha=alpha)
+
+
+# ---------------------------------------------------------------------------- fit
+@app.command()
+def fit(
+    demos: Annotated[Path, typer.Option(help="Demonstrations (JSON Lines).")],
+    out: Annotated[Path, typer.Option(help="Where to write the editor (.safetensors).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    layers: Annotated[str, typer.Option(help="last-L, all, or a list like 10,11.")] = "last-8",
+    pos_ratio: Annotated[float, typer.Option(help="Energy ratio for k+.")] = 0.99,
+    neg_ratio: Annotated[float, typer.Option(help="Energy ratio for k-.")] = 0.99,
+    pos_rank: Annotated[int | None, typer.Option(help="Fixed k+ (overrides the ratio).")] = None,
+    neg_rank: Annotated[int | None, typer.Option(help="Fixed k- (overrides the ratio).")] = None,
+    site: Annotated[str, typer.Option(help="residual or mlp.")] = "residual",
+    neutral: Annotated[str, typer.Option(help="generate, prompt or given.")] = "generate",
+    token: Annotated[str, typer.Option(help="last or mean (over the answer).")] = "last",
+    centered: Annotated[bool, typer.Option(help="Centre the cross-covariances.")] = False,
+    feature: Annotated[str, typer.Option(
+        help="linear, tanh, elu or squared-exponential (Φ-SEA).")] = "linear",
+    merge: Annotated[str, typer.Option(help="norm or mean.")] = "norm",
+    alpha: Annotated[float, typer.Option(help="Edit strength (0 = no edit).")] = 1.0,
+    layer_path: Annotated[str | None, typer.Option(
+        help="Module path of the decoder layers, if not found automatically.")] = None,
+    batch_size: BatchOpt = 8,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Fit a SEA editor on a demonstrations file."""
+    from .demos import DemoFormatError, read_demos
+    from .pipeline import fit_editor
+    from .report import RANK_HEADERS, print_table, ranks_rows
+
+    try:
+        records = read_demos(demos)
+    except DemoFormatError as error:
+        raise _fail(str(error)) from None
+    lm, tokenizer = _load(model, dtype, device_map)
+    try:
+        editor = fit_editor(
+            lm, tokenizer, records, layers=layers, neutral=neutral, token=token, site=site,
+            batch_size=batch_size, layer_path=layer_path, progress=True, pos_ratio=pos_ratio,
+            neg_ratio=neg_ratio, pos_rank=pos_rank, neg_rank=neg_rank, centered=centered,
+            feature=feature, merge=merge, alpha=alpha,
+            metadata={"demonstrations_file": str(demos)},
+        )
+    except (ValueError, LookupError) as error:
+        raise _fail(str(error)) from None
+    editor.save(out)
+    print_table(f"editor {out}: {len(records)} demonstrations", RANK_HEADERS,
+                ranks_rows(editor.metadata), console)
+
+
+# ------------------------------------------------------------------------ generate
+@app.command()
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="Prompts to continue.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    editor: EditorOpt = None,
+    alpha: Annotated[float | None, typer.Option(help="Override the editor's strength.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 48,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop strings.")] = None,
+    batch_size: BatchOpt = 8,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Greedy continuations, unedited and (with --editor) edited, side by side."""
+    from rich.table import Table
+
+    from .generation import generate_greedy
+
+    lm, tokenizer = _load(model, dtype, device_map)
+    prompts = [p.encode().decode("unicode_escape") if "\\n" in p else p for p in prompts]
+    stops = tuple(stop) if stop else ("\n\n",)
+    options = {"max_new_tokens": max_new_tokens, "stops": stops, "batch_size": batch_size}
+    plain = generate_greedy(lm, tokenizer, prompts, **options)
+    table = Table(show_lines=True)
+    table.add_column("prompt", max_width=40)
+    table.add_column("unedited")
+    if editor is None:
+        for prompt, text in zip(prompts, plain, strict=True):
+            table.add_row(prompt[-200:], text)
+    else:
+        sea = _load_editor(editor, lm, alpha)
+        with sea.apply(lm):
+            edited = generate_greedy(lm, tokenizer, prompts, **options)
+        table.add_column(f"edited (α={sea.alpha:g})")
+        for prompt, a, b in zip(prompts, plain, edited, strict=True):
+            table.add_row(prompt[-200:], a, b)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- info
+@app.command()
+def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file.")]) -> None:
+    """Show an editor's options, ranks and layer signature values."""
+    from rich.table import Table
+
+    from .editor import EditorFileError, SpectralEditor
+    from .report import RANK_HEADERS, print_table, ranks_rows
+
+    try:
+        sea = SpectralEditor.load(editor)
+    except EditorFileError as error:
+        raise _fail(str(error)) from None
+    meta = dict(sea.metadata)
+    table = Table(title=str(editor), show_header=False)
+    rows = {
+        "model": meta.get("model"), "hidden size": sea.hidden_size,
+        "model layers": sea.num_layers, "fitted layers": ",".join(map(str, sea.layers)),
+        "edited layers": ",".join(map(str, sea.active_layers)), "site": sea.site,
+        "merge": sea.merge, "alpha": sea.alpha, "feature": sea.feature,
+        "centered": meta.get("centered"), "ratios (+/-)": f"{meta.get('pos_ratio')} / "
+        f"{meta.get('neg_ratio')}", "demonstrations": meta.get("n_demonstrations"),
+        "neutral": meta.get("neutral"),
+    }
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    print_table("ranks and signature per layer", RANK_HEADERS, ranks_rows(meta), console)
+
+
+# --------------------------------------------------------------------------- demos
+def _write_demos(records, out: Path) -> None:
+    from .demos import write_demos
+
+    write_demos(out, records)
+    console.print(f"wrote {len(records)} demonstrations to {out}")
+
+
+def _data_error(error: Exception) -> typer.Exit:
+    return _fail(str(error))
+
+
+@demos_app.command("halueval")
+def demos_halueval(
+    out: Annotated[Path, typer.Option(help="Output JSON Lines file.")],
+    source: Annotated[str, typer.Option(
+        help="one-turn, multi-turn, both (same questions twice), or full (qa_data.json)."
+    )] = "one-turn",
+    limit: LimitOpt = None,
+    seed: Annotated[int, typer.Option(help="Shuffle seed (paper: 44).")] = 44,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """HaluEval QA → demonstrations (positive = right answer, negative = a hallucination)."""
+    from .builders import halueval_demos
+    from .data import DataFileMissing, DataFormatError, load_halueval_qa, resolve
+
+    files = {"one-turn": ["qa_one-turn_data.json"], "multi-turn": ["qa_multi-turn_data.json"],
+             "both": ["qa_one-turn_data.json", "qa_multi-turn_data.json"],
+             "full": ["qa_data.json"]}
+    if source not in files:
+        raise _fail(f"--source must be one of {', '.join(files)}, not {source!r}")
+    try:
+        items = [i for f in files[source] for i in load_halueval_qa(resolve(f"halueval/{f}", data_dir))]
+    except (DataFileMissing, DataFormatError) as error:
+        raise _data_error(error) from None
+    _write_demos(halueval_demos(items, limit=limit, seed=seed), out)
+
+
+@demos_app.command("truthfulqa")
+def demos_truthfulqa(
+    out: Annotated[Path, typer.Option(help="Output JSON Lines file.")],
+    fold: Annotated[int, typer.Option(help="SEA fold (1 or 2) to take demonstrations from.")],
+    limit: LimitOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed for shuffling and negatives.")] = 44,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """A TruthfulQA fold → demonstrations (best answer vs an incorrect answer)."""
+    from .builders import truthfulqa_demos
+    from .data import DataFileMissing, DataFormatError, load_fold
+
+    try:
+        rows = load_fold(fold, data_dir)
+    except (DataFileMissing, DataFormatError, ValueError) as error:
+        raise _data_error(error) from None
+    _write_demos(truthfulqa_demos(rows, limit=limit, seed=seed), out)
+
+
+# ---------------------------------------------------------------------------- eval
+@eval_app.command("truthfulqa")
+def eval_truthfulqa(
+    model: ModelOpt = DEFAULT_MODEL,
+    editor: EditorOpt = None,
+    alpha: Annotated[float | None, typer.Option(help="Override the editor's strength.")] = None,
+    limit: LimitOpt = None,
+    fold: Annotated[int | None, typer.Option(help="Only the questions of SEA fold 1 or 2.")] = None,
+    mc_file: Annotated[str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")]
+    = "mc_task_v0.json",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/truthfulqa"),
+    batch_size: BatchOpt = 16,
+    data_dir: DataDirOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """TruthfulQA MC1/MC2/MC3 (per-question JSON Lines + summary JSON)."""
+    from .data import DataFileMissing, DataFormatError, load_fold, load_mc_task, resolve
+    from .data.truthfulqa import split_mc_by_fold
+    from .evaluate.truthfulqa import evaluate_truthfulqa
+    from .report import print_table, write_json, write_jsonl
+
+    try:
+        questions = load_mc_task(resolve(f"truthfulqa/{mc_file}", data_dir))
+        if fold is not None:
+            questions = split_mc_by_fold(questions, load_fold(fold, data_dir))
+    except (DataFileMissing, DataFormatError, ValueError) as error:
+        raise _data_error(error) from None
+    questions = questions[:limit] if limit else questions
+    lm, tokenizer = _load(model, dtype, device_map)
+    if editor is not None:
+        sea = _load_editor(editor, lm, alpha)
+        with sea.apply(lm):
+            result = evaluate_truthfulqa(lm, tokenizer, questions, batch_size=batch_size,
+                                         progress=True)
+    else:
+        result = evaluate_truthfulqa(lm, tokenizer, questions, batch_size=batch_size, progress=True)
+    summary = {**result.summary, "model": model, "editor": str(editor) if editor else None,
+               "alpha": alpha, "mc_file": mc_file, "fold": fold}
+    write_jsonl(out / "per_question.jsonl", result.per_question)
+    write_json(out / "summary.json", summary)
+    s = result.summary
+    print_table(f"TruthfulQA ({s['n']} questions)", ["MC1", "MC2", "MC3", "seconds"],
+                [[s["mc1"], s["mc2"], s["mc3"], s["seconds"]]], console)
+    console.print(f"results in {out}/")
+
+
+# ---------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    model: ModelOpt = DEFAULT_MODEL,
+    n_demos: Annotated[int, typer.Option("--n-demos", help="HaluEval demonstrations.")] = 100,
+    layers: Annotated[str, typer.Option(help="last-L, all, or a list.")] = "last-8",
+    pos_ratio: Annotated[float, typer.Option(help="Energy ratio for k+.")] = 0.99,
+    neg_ratio: Annotated[float, typer.Option(help="Energy ratio for k-.")] = 0.99,
+    centered: Annotated[bool, typer.Option(help="Centre the cross-covariances.")] = False,
+    neutral: Annotated[str, typer.Option(help="generate or prompt.")] = "generate",
+    limit: LimitOpt = None,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("runs/demo"),
+    batch_size: BatchOpt = 8,
+    data_dir: DataDirOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """The main job: HaluEval demonstrations → SEA editor → TruthfulQA before and after."""
+    from .jobs import truthfulness_demo
+
+    truthfulness_demo(
+        model, out_dir=out, data_dir=data_dir, n_demos=n_demos, layers=layers,
+        pos_ratio=pos_ratio, neg_ratio=neg_ratio, centered=centered, neutral=neutral,
+        limit=limit, batch_size=batch_size, dtype=dtype, device_map=device_map, console=console,
+    )
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
