@@ -6,6 +6,8 @@
   the seed (paper: 44) before taking the first ``limit``.
 - TruthfulQA fold (2-fold cross-validation): positive = best answer, negative = one
   incorrect answer (seeded), same prompt.
+- BBQ (bias): positive = the gold option, negative = one of the other two (seeded); the
+  prompt is BBQ's evaluation prompt, so fitting and evaluation see the same format.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from .data.bbq import BBQItem
 from .data.halueval import HaluEvalQA
 from .data.truthfulqa import QA_PRIMER, TruthfulQARow
 from .demos import Demonstration
+from .evaluate.bbq import bbq_prompt
 
 PAPER_SEED = 44
 
@@ -70,5 +74,20 @@ def truthfulqa_demos(
             prompt=qa_prompt(row.question),
             positive=_sentence(row.best_answer),
             negative=_sentence(rng.choice(row.incorrect_answers)),
+        ))
+    return demos
+
+
+def bbq_demos(items: Sequence[BBQItem], *, seed: int = PAPER_SEED) -> list[Demonstration]:
+    """Demonstrations from BBQ items: positive = the gold option, negative = one of the two
+    other options (seeded); the prompt is the evaluation prompt (context, question)."""
+    rng = random.Random(seed)
+    demos = []
+    for item in items:
+        others = [i for i in range(len(item.answers)) if i != item.label]
+        demos.append(Demonstration(
+            prompt=bbq_prompt(item),
+            positive=item.answers[item.label],
+            negative=item.answers[rng.choice(others)],
         ))
     return demos

@@ -73,6 +73,7 @@ class SpectralFitter:
         self.sum_neutral = torch.zeros(shape, **opts)
         self.sum_pos = torch.zeros(shape, **opts)
         self.sum_neg = torch.zeros(shape, **opts)
+        self._spectra: list[tuple[torch.Tensor, ...]] | None = None
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.cross_pos.device, dtype=torch.float64)
@@ -99,6 +100,7 @@ class SpectralFitter:
         self.sum_pos += hp.sum(0)
         self.sum_neg += hn.sum(0)
         self.count += h.shape[0]
+        self._spectra = None
 
     def covariances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Ω+, Ω-)``, each ``(L, d, d)`` float64 (centred if the fitter is)."""
@@ -117,6 +119,19 @@ class SpectralFitter:
         """Per-layer signature ``(L,)``: nuclear norm of ``A = X Z^T / 2N`` (method.md)."""
         a = torch.stack([self.sum_pos, self.sum_neg], dim=-1) / (2 * self.count)
         return torch.linalg.svdvals(a).sum(-1)
+
+    def spectra(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer ``(U+, s+, U-, s-)``: left singular vectors ``(d, d)`` and descending
+        singular values ``(d,)`` of Ω+ and Ω-; computed once until the next ``update``."""
+        if self._spectra is None:
+            omega_pos, omega_neg = self.covariances()
+            spectra = []
+            for index in range(len(self.layers)):
+                u_pos, s_pos, _ = torch.linalg.svd(omega_pos[index])
+                u_neg, s_neg, _ = torch.linalg.svd(omega_neg[index])
+                spectra.append((u_pos, s_pos, u_neg, s_neg))
+            self._spectra = spectra
+        return self._spectra
 
     def fit(
         self,
@@ -138,11 +153,8 @@ class SpectralFitter:
         """
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, not {merge!r}")
-        omega_pos, omega_neg = self.covariances()
         pos_factors, neg_factors, stats = [], [], []
-        for index, layer in enumerate(self.layers):
-            u_pos, s_pos, _ = torch.linalg.svd(omega_pos[index])
-            u_neg, s_neg, _ = torch.linalg.svd(omega_neg[index])
+        for layer, (u_pos, s_pos, u_neg, s_neg) in zip(self.layers, self.spectra(), strict=True):
             k_pos = _rank(s_pos, pos_ratio, pos_rank, "pos_rank")
             k_neg = _rank(s_neg, neg_ratio, neg_rank, "neg_rank")
             pos_factors.append(u_pos[:, :k_pos].float().cpu().contiguous())

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One GPU run of the truthfulness and bias experiments, as done on a lent H200 (see
+# benchmarks/README.md). Expects the embedded model's GGUF at $MODEL_GGUF, the benchmark
+# data at $DATA_DIR, lm-eval importable, and writes everything small to $OUT.
+# Each step has its own time budget so a slow step cannot starve the others.
+set -uo pipefail
+T0=$(date +%s)
+OUT=${OUT:-runs/gpu}
+MODEL_GGUF=${MODEL_GGUF:?path of the .gguf}
+DATA_DIR=${DATA_DIR:?benchmark data folder}
+TOTAL=${TOTAL:-570}
+mkdir -p "$OUT/grid" "$OUT/bias" "$OUT/lmeval"
+left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
+python3 - "$MODEL_GGUF" > /tmp/model_dir.txt <<'PY'
+import sys, time
+from spectral_edit.models import converted_model_dir, load_model
+t = time.perf_counter(); load_model(sys.argv[1]); print(f"convert+load {time.perf_counter()-t:.1f}s", file=sys.stderr)
+print(converted_model_dir(sys.argv[1]))
+PY
+MODEL_DIR=$(tail -1 /tmp/model_dir.txt)
+echo "model folder: $MODEL_DIR ($(left)s left)"
+# 1. lm-evaluation-harness reference, full TruthfulQA MC1 + MC2 (timed)
+timeout $(( $(left) - 380 )) python3 benchmarks/run_lmeval_truthfulqa.py "$MODEL_DIR" \
+  --output-dir "$OUT/lmeval" --data-dir "$DATA_DIR" --device cuda --batch-size 64
+echo "lm-eval done ($(left)s left)"
+# 2. our evaluator (unedited, timed) and the SEA grid
+timeout $(( $(left) - 150 )) python3 benchmarks/truthfulness_grid.py --model "$MODEL_GGUF" \
+  --out "$OUT/grid" --data-dir "$DATA_DIR" --acts /tmp/activations.safetensors \
+  --budget $(( $(left) - 200 ))
+echo "grid done ($(left)s left)"
+# 3. bias: BBQ demonstrations, SEA and Φ-SEA, held-out BBQ + TruthfulQA
+timeout $(( $(left) - 10 )) python3 benchmarks/bias_grid.py --model "$MODEL_GGUF" \
+  --out "$OUT/bias" --data-dir "$DATA_DIR" --budget $(( $(left) - 40 ))
+echo "all done after $(( $(date +%s) - T0 ))s"
