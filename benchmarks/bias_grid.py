@@ -63,7 +63,11 @@ def main() -> None:
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "bias.jsonl"
-    done = {json.loads(x)["name"] for x in path.read_text().splitlines() if x} if path.exists() else set()
+    done = (
+        {json.loads(x)["name"] for x in path.read_text().splitlines() if x}
+        if path.exists()
+        else set()
+    )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(args.model)
@@ -76,30 +80,47 @@ def main() -> None:
     demos = bbq_demos(demo_items)
     questions = load_mc_task(resolve("truthfulqa/mc_task_v0.json", args.data_dir))
     questions = questions[: args.tqa_limit] if args.tqa_limit else questions
-    print(f"{len(items)} BBQ items; {len(demo_items)} demonstrations; {len(held_out)} held out; "
-          f"{len(eval_items)} evaluated", flush=True)
+    print(
+        f"{len(items)} BBQ items; {len(demo_items)} demonstrations; {len(held_out)} held out; "
+        f"{len(eval_items)} evaluated",
+        flush=True,
+    )
 
     def record(name, options, bbq, tqa, seconds, editor=None):
-        row = {"name": name, "options": options, "bbq": bbq.summary, "seconds": seconds,
-               "truthfulqa": None if tqa is None else tqa.summary}
+        row = {
+            "name": name,
+            "options": options,
+            "bbq": bbq.summary,
+            "seconds": seconds,
+            "truthfulqa": None if tqa is None else tqa.summary,
+        }
         if editor is not None:
             row["ranks"] = {str(k): list(v) for k, v in editor.ranks.items()}
         with path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         overall = bbq.summary["overall"]
-        print(f"[{time.perf_counter() - start:5.0f}s] {name}: "
-              f"acc amb {overall['ambig']['accuracy']:.1f} dis {overall['disambig']['accuracy']:.1f}"
-              f" bias amb {overall['ambig']['bias_score']} dis {overall['disambig']['bias_score']}"
-              + ("" if tqa is None else f" | TQA MC1 {tqa.summary['mc1']:.1f} MC2 {tqa.summary['mc2']:.1f}"),
-              flush=True)
+        print(
+            f"[{time.perf_counter() - start:5.0f}s] {name}: "
+            f"acc amb {overall['ambig']['accuracy']:.1f} dis {overall['disambig']['accuracy']:.1f}"
+            f" bias amb {overall['ambig']['bias_score']} dis {overall['disambig']['bias_score']}"
+            + (
+                ""
+                if tqa is None
+                else f" | TQA MC1 {tqa.summary['mc1']:.1f} MC2 {tqa.summary['mc2']:.1f}"
+            ),
+            flush=True,
+        )
 
     def run(editor, with_tqa):
         t0 = time.perf_counter()
         context = editor.apply(model) if editor is not None else torch.no_grad()
         with context:
             bbq = evaluate_bbq(model, tokenizer, eval_items, batch_size=args.batch_size)
-            tqa = (evaluate_truthfulqa(model, tokenizer, questions, batch_size=args.batch_size)
-                   if with_tqa else None)
+            tqa = (
+                evaluate_truthfulqa(model, tokenizer, questions, batch_size=args.batch_size)
+                if with_tqa
+                else None
+            )
         return bbq, tqa, time.perf_counter() - t0
 
     if "unedited" not in done:
@@ -107,27 +128,47 @@ def main() -> None:
         record("unedited", {}, bbq, tqa, seconds)
     layers = list(range(n_layers - args.last, n_layers))
     t0 = time.perf_counter()
-    acts = capture_demos(model, tokenizer, demos, layers=layers, neutral="generate",
-                         batch_size=args.gen_batch_size)
+    acts = capture_demos(
+        model, tokenizer, demos, layers=layers, neutral="generate", batch_size=args.gen_batch_size
+    )
     print(f"activations: {time.perf_counter() - t0:.1f}s", flush=True)
     for n in sorted(ns, reverse=True):
         for feature in FEATURES:
             for centered in (False, True):
                 name = f"{feature} n={n} last-{args.last} r={args.ratio} " + (
-                    "centred" if centered else "uncentred")
+                    "centred" if centered else "uncentred"
+                )
                 if name in done:
                     continue
                 if time.perf_counter() - start > args.budget:
                     print(f"budget reached before {name}", flush=True)
                     return
-                sub = DemoActivations(acts.neutral[:n], acts.positive[:n], acts.negative[:n],
-                                      acts.layers)
-                editor = fit_from_activations(sub, n_layers, pos_ratio=args.ratio,
-                                              neg_ratio=args.ratio, centered=centered,
-                                              feature=feature)
+                sub = DemoActivations(
+                    acts.neutral[:n], acts.positive[:n], acts.negative[:n], acts.layers
+                )
+                editor = fit_from_activations(
+                    sub,
+                    n_layers,
+                    pos_ratio=args.ratio,
+                    neg_ratio=args.ratio,
+                    centered=centered,
+                    feature=feature,
+                )
                 bbq, tqa, seconds = run(editor, with_tqa=n == max(ns))
-                record(name, {"n": n, "feature": feature, "centered": centered,
-                              "last": args.last, "ratio": args.ratio}, bbq, tqa, seconds, editor)
+                record(
+                    name,
+                    {
+                        "n": n,
+                        "feature": feature,
+                        "centered": centered,
+                        "last": args.last,
+                        "ratio": args.ratio,
+                    },
+                    bbq,
+                    tqa,
+                    seconds,
+                    editor,
+                )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@
 set -uo pipefail
 T0=$(date +%s)
 OUT=${OUT:-runs/gpu}
+WORK=${WORK:-$OUT}  # results accumulate here (reruns resume); copied to $OUT at exit
 MODEL_GGUF=${MODEL_GGUF:?path of the .gguf}
 DATA_DIR=${DATA_DIR:?benchmark data folder}
 TOTAL=${TOTAL:-570}
-mkdir -p "$OUT/grid" "$OUT/bias" "$OUT/lmeval"
+mkdir -p "$WORK/grid" "$WORK/bias" "$WORK/lmeval" "$OUT"
+copy_back() { [ "$WORK" = "$OUT" ] || for d in grid bias lmeval; do mkdir -p "$OUT/$d"; cp "$WORK/$d"/*.json* "$OUT/$d/" 2>/dev/null; done; }
+trap copy_back EXIT
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 python3 - "$MODEL_GGUF" > /tmp/model_dir.txt <<'PY'
@@ -21,15 +24,15 @@ PY
 MODEL_DIR=$(tail -1 /tmp/model_dir.txt)
 echo "model folder: $MODEL_DIR ($(left)s left)"
 # 1. lm-evaluation-harness reference, full TruthfulQA MC1 + MC2 (timed)
-timeout $(( $(left) - 380 )) python3 benchmarks/run_lmeval_truthfulqa.py "$MODEL_DIR" \
-  --output-dir "$OUT/lmeval" --data-dir "$DATA_DIR" --device cuda --batch-size 64
+[ -f "$WORK/lmeval/summary.json" ] || timeout $(( $(left) - 360 )) \
+  python3 benchmarks/run_lmeval_truthfulqa.py "$MODEL_DIR" --output-dir "$WORK/lmeval" --data-dir "$DATA_DIR" --device cuda --batch-size 64
 echo "lm-eval done ($(left)s left)"
 # 2. our evaluator (unedited, timed) and the SEA grid
-timeout $(( $(left) - 150 )) python3 benchmarks/truthfulness_grid.py --model "$MODEL_GGUF" \
-  --out "$OUT/grid" --data-dir "$DATA_DIR" --acts /tmp/activations.safetensors \
-  --budget $(( $(left) - 200 ))
+timeout $(( $(left) - 140 )) python3 benchmarks/truthfulness_grid.py --model "$MODEL_GGUF" \
+  --out "$WORK/grid" --data-dir "$DATA_DIR" --acts "$WORK/activations.safetensors" \
+  --batch-size 256 --budget $(( $(left) - 190 ))
 echo "grid done ($(left)s left)"
 # 3. bias: BBQ demonstrations, SEA and Φ-SEA, held-out BBQ + TruthfulQA
 timeout $(( $(left) - 10 )) python3 benchmarks/bias_grid.py --model "$MODEL_GGUF" \
-  --out "$OUT/bias" --data-dir "$DATA_DIR" --budget $(( $(left) - 40 ))
+  --out "$WORK/bias" --data-dir "$DATA_DIR" --batch-size 256 --budget $(( $(left) - 40 ))
 echo "all done after $(( $(date +%s) - T0 ))s"

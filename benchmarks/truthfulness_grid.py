@@ -45,8 +45,9 @@ def _demos(data_dir: str, n_max: int):
 
 def _subset(acts: DemoActivations, n: int, layers: list[int]) -> DemoActivations:
     index = [acts.layers.index(layer) for layer in layers]
-    return DemoActivations(acts.neutral[:n, index], acts.positive[:n, index],
-                           acts.negative[:n, index], tuple(layers))
+    return DemoActivations(
+        acts.neutral[:n, index], acts.positive[:n, index], acts.negative[:n, index], tuple(layers)
+    )
 
 
 def main() -> None:
@@ -54,10 +55,15 @@ def main() -> None:
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--budget", type=float, default=600,
-                        help="seconds; no new configuration starts after this")
-    parser.add_argument("--acts", type=Path, default=None,
-                        help="activation cache (default: OUT/activations.safetensors)")
+    parser.add_argument(
+        "--budget", type=float, default=600, help="seconds; no new configuration starts after this"
+    )
+    parser.add_argument(
+        "--acts",
+        type=Path,
+        default=None,
+        help="activation cache (default: OUT/activations.safetensors)",
+    )
     parser.add_argument("--n", default="25,100,500,1000")
     parser.add_argument("--layers", default="2,4,8,18", help="last-L values")
     parser.add_argument("--ratios", default="0.99,0.995,0.999")
@@ -83,17 +89,25 @@ def main() -> None:
     ns = [n for n in ns if n <= len(demos)]
 
     def record(name: str, options: dict, result, seconds: float, editor=None) -> None:
-        row = {"name": name, "options": options, "summary": result.summary, "seconds": seconds,
-               "mc1": [q["mc1"] for q in result.per_question],
-               "mc2": [q["mc2"] for q in result.per_question],
-               "mc3": [q["mc3"] for q in result.per_question]}
+        row = {
+            "name": name,
+            "options": options,
+            "summary": result.summary,
+            "seconds": seconds,
+            "mc1": [q["mc1"] for q in result.per_question],
+            "mc2": [q["mc2"] for q in result.per_question],
+            "mc3": [q["mc3"] for q in result.per_question],
+        }
         if editor is not None:
             row["ranks"] = {str(k): list(editor.ranks[k]) for k in editor.active_layers}
         with grid_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        print(f"[{time.perf_counter() - start:6.0f}s] {name}: MC1 {result.summary['mc1']:.1f} "
-              f"MC2 {result.summary['mc2']:.1f} MC3 {result.summary['mc3']:.1f} "
-              f"({seconds:.1f}s)", flush=True)
+        print(
+            f"[{time.perf_counter() - start:6.0f}s] {name}: MC1 {result.summary['mc1']:.1f} "
+            f"MC2 {result.summary['mc2']:.1f} MC3 {result.summary['mc3']:.1f} "
+            f"({seconds:.1f}s)",
+            flush=True,
+        )
 
     def evaluate(editor=None):
         t0 = time.perf_counter()
@@ -101,8 +115,9 @@ def main() -> None:
             result = evaluate_truthfulqa(model, tokenizer, questions, batch_size=args.batch_size)
         else:
             with editor.apply(model):
-                result = evaluate_truthfulqa(model, tokenizer, questions,
-                                             batch_size=args.batch_size)
+                result = evaluate_truthfulqa(
+                    model, tokenizer, questions, batch_size=args.batch_size
+                )
         return result, time.perf_counter() - t0
 
     if "unedited" not in done:
@@ -116,18 +131,35 @@ def main() -> None:
     if path.exists():
         saved = load_file(str(path))
     else:
-        generated = capture_demos(model, tokenizer, demos, layers=all_layers, neutral="generate",
-                                  batch_size=args.gen_batch_size)
-        prompt_last = capture(model, tokenizer, [d.prompt for d in demos], layers=all_layers,
-                              batch_size=args.gen_batch_size)
-        saved = {"neutral": generated.neutral, "positive": generated.positive,
-                 "negative": generated.negative, "neutral_prompt": prompt_last}
+        generated = capture_demos(
+            model,
+            tokenizer,
+            demos,
+            layers=all_layers,
+            neutral="generate",
+            batch_size=args.gen_batch_size,
+        )
+        prompt_last = capture(
+            model,
+            tokenizer,
+            [d.prompt for d in demos],
+            layers=all_layers,
+            batch_size=args.gen_batch_size,
+        )
+        saved = {
+            "neutral": generated.neutral,
+            "positive": generated.positive,
+            "negative": generated.negative,
+            "neutral_prompt": prompt_last,
+        }
         save_file(saved, str(path))
     acts = {
-        "generate": DemoActivations(saved["neutral"], saved["positive"], saved["negative"],
-                                    tuple(all_layers)),
-        "prompt": DemoActivations(saved["neutral_prompt"], saved["positive"], saved["negative"],
-                                  tuple(all_layers)),
+        "generate": DemoActivations(
+            saved["neutral"], saved["positive"], saved["negative"], tuple(all_layers)
+        ),
+        "prompt": DemoActivations(
+            saved["neutral_prompt"], saved["positive"], saved["negative"], tuple(all_layers)
+        ),
     }
     print(f"activations ({len(demos)} demos): {time.perf_counter() - t0:.1f}s", flush=True)
 
@@ -138,14 +170,19 @@ def main() -> None:
         only the last L layers (the SVDs are shared by every ratio and L)."""
         key = (config["n"], config["centered"], config["neutral"])
         if key not in fitters:
-            fitter = SpectralFitter(all_layers, acts["generate"].neutral.shape[-1], n_layers,
-                                    centered=config["centered"])
+            fitter = SpectralFitter(
+                all_layers,
+                acts["generate"].neutral.shape[-1],
+                n_layers,
+                centered=config["centered"],
+            )
             sub = _subset(acts[config["neutral"]], config["n"], all_layers)
             fitter.update(sub.neutral, sub.positive, sub.negative)
             fitters[key] = fitter
-        editor = fitters[key].fit(pos_ratio=config["ratio"], neg_ratio=config["ratio"],
-                                  merge=config["merge"])
-        return editor.with_options(layers=all_layers[-config["last"]:])
+        editor = fitters[key].fit(
+            pos_ratio=config["ratio"], neg_ratio=config["ratio"], merge=config["merge"]
+        )
+        return editor.with_options(layers=all_layers[-config["last"] :])
 
     configs = []
     last_ls = [int(x) for x in args.layers.split(",")]
@@ -153,15 +190,26 @@ def main() -> None:
     # most informative first: N = 100 (the paper's small regime), then the rest
     for n in sorted(ns, key=lambda v: (v != 100, v)):
         for centered, last, ratio in itertools.product((True, False), last_ls, ratios):
-            configs.append({"n": n, "last": last, "ratio": ratio, "centered": centered,
-                            "neutral": "generate", "merge": "norm"})
+            configs.append(
+                {
+                    "n": n,
+                    "last": last,
+                    "ratio": ratio,
+                    "centered": centered,
+                    "neutral": "generate",
+                    "merge": "norm",
+                }
+            )
     best_guess = {"n": min(100, max(ns)), "last": 8, "ratio": 0.99, "centered": True}
     for variant in ({"neutral": "prompt"}, {"merge": "mean"}):
-        configs.insert(len(last_ls) * len(ratios) * 2,
-                       {**best_guess, "neutral": "generate", "merge": "norm", **variant})
+        configs.insert(
+            len(last_ls) * len(ratios) * 2,
+            {**best_guess, "neutral": "generate", "merge": "norm", **variant},
+        )
     for config in configs:
         name = "sea n={n} last-{last} r={ratio} {c} neutral={neutral} merge={merge}".format(
-            c="centred" if config["centered"] else "uncentred", **config)
+            c="centred" if config["centered"] else "uncentred", **config
+        )
         if name in done:
             continue
         if time.perf_counter() - start > args.budget:

@@ -48,11 +48,13 @@ def halueval_demos(
         item = items[index]
         pieces = [p.strip() for p in item.hallucinated_answer.split(";") if p.strip()]
         negative = rng.choice(pieces) if pieces else item.hallucinated_answer
-        demos.append(Demonstration(
-            prompt=qa_prompt(item.question),
-            positive=_sentence(item.right_answer),
-            negative=_sentence(negative),
-        ))
+        demos.append(
+            Demonstration(
+                prompt=qa_prompt(item.question),
+                positive=_sentence(item.right_answer),
+                negative=_sentence(negative),
+            )
+        )
     return demos
 
 
@@ -70,11 +72,13 @@ def truthfulqa_demos(
         row = rows[index]
         if not row.incorrect_answers:
             continue
-        demos.append(Demonstration(
-            prompt=qa_prompt(row.question),
-            positive=_sentence(row.best_answer),
-            negative=_sentence(rng.choice(row.incorrect_answers)),
-        ))
+        demos.append(
+            Demonstration(
+                prompt=qa_prompt(row.question),
+                positive=_sentence(row.best_answer),
+                negative=_sentence(rng.choice(row.incorrect_answers)),
+            )
+        )
     return demos
 
 
@@ -85,9 +89,11 @@ def bbq_demos(items: Sequence[BBQItem], *, seed: int = PAPER_SEED) -> list[Demon
     demos = []
     for item in items:
         others = [i for i in range(len(item.answers)) if i != item.label]
-        demos.append(Demonstration(
-            prompt=bbq_prompt(item),
-            positive=item.answers[item.label],
-            negative=item.answers[rng.choice(others)],
-        ))
+        demos.append(
+            Demonstration(
+                prompt=bbq_prompt(item),
+                positive=item.answers[item.label],
+                negative=item.answers[rng.choice(others)],
+            )
+        )
     return demos

@@ -8,6 +8,7 @@ not change the result.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -79,8 +80,10 @@ def capture(
     result: torch.Tensor | None = None
     pad = pad_id_of(tokenizer)
     bar = tqdm(
-        total=len(order), desc=progress if isinstance(progress, str) else "capture",
-        disable=not progress, unit="seq",
+        total=len(order),
+        desc=progress if isinstance(progress, str) else "capture",
+        disable=not progress,
+        unit="seq",
     )
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -94,11 +97,12 @@ def capture(
         def stop(key: int, hidden: torch.Tensor) -> None:
             raise _StopForward
 
-        with hooked(modules, record), hooked({stop_layer: deepest_site}, stop):
-            try:
-                model(**model_inputs(model, ids, mask, positions), use_cache=False)
-            except _StopForward:
-                pass
+        with (
+            hooked(modules, record),
+            hooked({stop_layer: deepest_site}, stop),
+            contextlib.suppress(_StopForward),
+        ):
+            model(**model_inputs(model, ids, mask, positions), use_cache=False)
         batch = torch.stack([recorded[layer] for layer in layers], dim=1)
         if result is None:
             result = torch.empty((len(sequences), len(layers), batch.shape[-1]))

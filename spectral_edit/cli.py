@@ -12,23 +12,32 @@ from .models import DEFAULT_MODEL
 
 app = typer.Typer(
     help="Spectral Editing of Activations (SEA): fit, apply and evaluate activation edits.",
-    no_args_is_help=True, pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
-demos_app = typer.Typer(help="Build demonstration files from benchmark data.",
-                        no_args_is_help=True)
+demos_app = typer.Typer(help="Build demonstration files from benchmark data.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate a model, optionally under an editor.", no_args_is_help=True)
 app.add_typer(demos_app, name="demos")
 app.add_typer(eval_app, name="eval")
 console = Console()
 err = Console(stderr=True)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF id or folder, .gguf file, "
-                                       f"or built-in name ({DEFAULT_MODEL}).")]
-DataDirOpt = Annotated[Path | None, typer.Option(
-    "--data-dir", help="Benchmark data folder (default: $SEA_DATA_DIR, else the user cache).")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help=f"HF id or folder, .gguf file, or built-in name ({DEFAULT_MODEL})."
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Benchmark data folder (default: $SEA_DATA_DIR, else the user cache)."
+    ),
+]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or auto.")]
-DeviceMapOpt = Annotated[str | None, typer.Option("--device-map",
-                                                  help="accelerate device map, e.g. auto.")]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option("--device-map", help="accelerate device map, e.g. auto.")
+]
 EditorOpt = Annotated[Path | None, typer.Option("--editor", "-e", help="Editor .safetensors.")]
 LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N items.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")]
@@ -59,6 +68,13 @@ def _load_editor(path: Path, model, alpha: float | None = None):
     return editor if alpha is None else editor.with_options(alpha=alpha)
 
 
+def _edited(model, editor: Path | None, alpha: float | None):
+    """A context manager applying the editor file (or nothing) to the model."""
+    from contextlib import nullcontext
+
+    return nullcontext() if editor is None else _load_editor(editor, model, alpha).apply(model)
+
+
 # ---------------------------------------------------------------------------- fit
 @app.command()
 def fit(
@@ -74,12 +90,15 @@ def fit(
     neutral: Annotated[str, typer.Option(help="generate, prompt or given.")] = "generate",
     token: Annotated[str, typer.Option(help="last or mean (over the answer).")] = "last",
     centered: Annotated[bool, typer.Option(help="Centre the cross-covariances.")] = False,
-    feature: Annotated[str, typer.Option(
-        help="linear, tanh, elu or squared-exponential (Φ-SEA).")] = "linear",
+    feature: Annotated[
+        str, typer.Option(help="linear, tanh, elu or squared-exponential (Φ-SEA).")
+    ] = "linear",
     merge: Annotated[str, typer.Option(help="norm or mean.")] = "norm",
     alpha: Annotated[float, typer.Option(help="Edit strength (0 = no edit).")] = 1.0,
-    layer_path: Annotated[str | None, typer.Option(
-        help="Module path of the decoder layers, if not found automatically.")] = None,
+    layer_path: Annotated[
+        str | None,
+        typer.Option(help="Module path of the decoder layers, if not found automatically."),
+    ] = None,
     batch_size: BatchOpt = 8,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
@@ -96,17 +115,35 @@ def fit(
     lm, tokenizer = _load(model, dtype, device_map)
     try:
         editor = fit_editor(
-            lm, tokenizer, records, layers=layers, neutral=neutral, token=token, site=site,
-            batch_size=batch_size, layer_path=layer_path, progress=True, pos_ratio=pos_ratio,
-            neg_ratio=neg_ratio, pos_rank=pos_rank, neg_rank=neg_rank, centered=centered,
-            feature=feature, merge=merge, alpha=alpha,
+            lm,
+            tokenizer,
+            records,
+            layers=layers,
+            neutral=neutral,
+            token=token,
+            site=site,
+            batch_size=batch_size,
+            layer_path=layer_path,
+            progress=True,
+            pos_ratio=pos_ratio,
+            neg_ratio=neg_ratio,
+            pos_rank=pos_rank,
+            neg_rank=neg_rank,
+            centered=centered,
+            feature=feature,
+            merge=merge,
+            alpha=alpha,
             metadata={"demonstrations_file": str(demos)},
         )
     except (ValueError, LookupError) as error:
         raise _fail(str(error)) from None
     editor.save(out)
-    print_table(f"editor {out}: {len(records)} demonstrations", RANK_HEADERS,
-                ranks_rows(editor.metadata), console)
+    print_table(
+        f"editor {out}: {len(records)} demonstrations",
+        RANK_HEADERS,
+        ranks_rows(editor.metadata),
+        console,
+    )
 
 
 # ------------------------------------------------------------------------ generate
@@ -164,12 +201,18 @@ def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file."
     meta = dict(sea.metadata)
     table = Table(title=str(editor), show_header=False)
     rows = {
-        "model": meta.get("model"), "hidden size": sea.hidden_size,
-        "model layers": sea.num_layers, "fitted layers": ",".join(map(str, sea.layers)),
-        "edited layers": ",".join(map(str, sea.active_layers)), "site": sea.site,
-        "merge": sea.merge, "alpha": sea.alpha, "feature": sea.feature,
-        "centered": meta.get("centered"), "ratios (+/-)": f"{meta.get('pos_ratio')} / "
-        f"{meta.get('neg_ratio')}", "demonstrations": meta.get("n_demonstrations"),
+        "model": meta.get("model"),
+        "hidden size": sea.hidden_size,
+        "model layers": sea.num_layers,
+        "fitted layers": ",".join(map(str, sea.layers)),
+        "edited layers": ",".join(map(str, sea.active_layers)),
+        "site": sea.site,
+        "merge": sea.merge,
+        "alpha": sea.alpha,
+        "feature": sea.feature,
+        "centered": meta.get("centered"),
+        "ratios (+/-)": f"{meta.get('pos_ratio')} / {meta.get('neg_ratio')}",
+        "demonstrations": meta.get("n_demonstrations"),
         "neutral": meta.get("neutral"),
     }
     for key, value in rows.items():
@@ -193,9 +236,12 @@ def _data_error(error: Exception) -> typer.Exit:
 @demos_app.command("halueval")
 def demos_halueval(
     out: Annotated[Path, typer.Option(help="Output JSON Lines file.")],
-    source: Annotated[str, typer.Option(
-        help="one-turn, multi-turn, both (same questions twice), or full (qa_data.json)."
-    )] = "one-turn",
+    source: Annotated[
+        str,
+        typer.Option(
+            help="one-turn, multi-turn, both (same questions twice), or full (qa_data.json)."
+        ),
+    ] = "one-turn",
     limit: LimitOpt = None,
     seed: Annotated[int, typer.Option(help="Shuffle seed (paper: 44).")] = 44,
     data_dir: DataDirOpt = None,
@@ -204,13 +250,17 @@ def demos_halueval(
     from .builders import halueval_demos
     from .data import DataFileMissing, DataFormatError, load_halueval_qa, resolve
 
-    files = {"one-turn": ["qa_one-turn_data.json"], "multi-turn": ["qa_multi-turn_data.json"],
-             "both": ["qa_one-turn_data.json", "qa_multi-turn_data.json"],
-             "full": ["qa_data.json"]}
+    files = {
+        "one-turn": ["qa_one-turn_data.json"],
+        "multi-turn": ["qa_multi-turn_data.json"],
+        "both": ["qa_one-turn_data.json", "qa_multi-turn_data.json"],
+        "full": ["qa_data.json"],
+    }
     if source not in files:
         raise _fail(f"--source must be one of {', '.join(files)}, not {source!r}")
     try:
-        items = [i for f in files[source] for i in load_halueval_qa(resolve(f"halueval/{f}", data_dir))]
+        paths = [resolve(f"halueval/{name}", data_dir) for name in files[source]]
+        items = [item for path in paths for item in load_halueval_qa(path)]
     except (DataFileMissing, DataFormatError) as error:
         raise _data_error(error) from None
     _write_demos(halueval_demos(items, limit=limit, seed=seed), out)
@@ -243,8 +293,9 @@ def eval_truthfulqa(
     alpha: Annotated[float | None, typer.Option(help="Override the editor's strength.")] = None,
     limit: LimitOpt = None,
     fold: Annotated[int | None, typer.Option(help="Only the questions of SEA fold 1 or 2.")] = None,
-    mc_file: Annotated[str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")]
-    = "mc_task_v0.json",
+    mc_file: Annotated[
+        str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
+    ] = "mc_task_v0.json",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/truthfulqa"),
     batch_size: BatchOpt = 16,
     data_dir: DataDirOpt = None,
@@ -265,21 +316,187 @@ def eval_truthfulqa(
         raise _data_error(error) from None
     questions = questions[:limit] if limit else questions
     lm, tokenizer = _load(model, dtype, device_map)
-    if editor is not None:
-        sea = _load_editor(editor, lm, alpha)
-        with sea.apply(lm):
-            result = evaluate_truthfulqa(lm, tokenizer, questions, batch_size=batch_size,
-                                         progress=True)
-    else:
+    with _edited(lm, editor, alpha):
         result = evaluate_truthfulqa(lm, tokenizer, questions, batch_size=batch_size, progress=True)
-    summary = {**result.summary, "model": model, "editor": str(editor) if editor else None,
-               "alpha": alpha, "mc_file": mc_file, "fold": fold}
+    summary = {
+        **result.summary,
+        "model": model,
+        "editor": str(editor) if editor else None,
+        "alpha": alpha,
+        "mc_file": mc_file,
+        "fold": fold,
+    }
     write_jsonl(out / "per_question.jsonl", result.per_question)
     write_json(out / "summary.json", summary)
     s = result.summary
-    print_table(f"TruthfulQA ({s['n']} questions)", ["MC1", "MC2", "MC3", "seconds"],
-                [[s["mc1"], s["mc2"], s["mc3"], s["seconds"]]], console)
+    print_table(
+        f"TruthfulQA ({s['n']} questions)",
+        ["MC1", "MC2", "MC3", "seconds"],
+        [[s["mc1"], s["mc2"], s["mc3"], s["seconds"]]],
+        console,
+    )
     console.print(f"results in {out}/")
+
+
+def _bbq_split(data_dir: Path | None, n: int, seed: int):
+    """The deterministic BBQ split shared by ``sea demos bbq`` and ``sea eval bbq``."""
+    from .data import DataFileMissing, DataFormatError, load_bbq_dir, resolve
+    from .evaluate.bbq import split_bbq_items
+
+    try:
+        folder = resolve("bbq/official/Age.jsonl", data_dir).parent
+        items = load_bbq_dir(folder)
+        return split_bbq_items(items, n, seed=seed, max_per_group=20)
+    except (DataFileMissing, DataFormatError, ValueError) as error:
+        raise _data_error(error) from None
+
+
+@demos_app.command("bbq")
+def demos_bbq(
+    out: Annotated[Path, typer.Option(help="Output JSON Lines file.")],
+    n: Annotated[int, typer.Option(help="Demonstrations (disambiguated items).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Split and negative-choice seed.")] = 0,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """BBQ → demonstrations (gold option vs another option), held out by template."""
+    from .builders import bbq_demos
+
+    demo_items, held_out = _bbq_split(data_dir, n, seed)
+    _write_demos(bbq_demos(demo_items, seed=seed), out)
+    console.print(
+        f"{len(held_out)} items of other templates stay for `sea eval bbq "
+        f"--held-out-from {n} --seed {seed}`"
+    )
+
+
+@eval_app.command("bbq")
+def eval_bbq(
+    model: ModelOpt = DEFAULT_MODEL,
+    editor: EditorOpt = None,
+    alpha: Annotated[float | None, typer.Option(help="Override the editor's strength.")] = None,
+    held_out_from: Annotated[
+        int,
+        typer.Option(
+            help="Evaluate only items held out from `sea demos bbq --n N` (0 = all items)."
+        ),
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="The split seed used for the demonstrations.")] = 0,
+    limit: LimitOpt = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/bbq"),
+    batch_size: BatchOpt = 16,
+    data_dir: DataDirOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """BBQ accuracy, unknown rate, bias score and stereotype rate (ambiguous/disambiguated)."""
+    from .evaluate.bbq import evaluate_bbq
+    from .report import write_json, write_jsonl
+
+    _, items = _bbq_split(data_dir, held_out_from, seed)
+    items = items[:limit] if limit else items
+    lm, tokenizer = _load(model, dtype, device_map)
+    with _edited(lm, editor, alpha):
+        result = evaluate_bbq(lm, tokenizer, items, batch_size=batch_size, progress=True)
+    write_jsonl(out / "per_item.jsonl", result.per_item)
+    write_json(out / "summary.json", result.summary)
+    _print_bbq(result.summary)
+    console.print(f"results in {out}/")
+
+
+def _print_bbq(summary: dict) -> None:
+    from .report import print_table
+
+    rows = []
+    groups = {"overall": summary["overall"], **summary.get("by_category", {})}
+    for name, group in groups.items():
+        for condition in ("ambig", "disambig"):
+            g = group[condition]
+            rows.append(
+                [
+                    name,
+                    condition,
+                    g["n"],
+                    g["accuracy"],
+                    g["unknown_rate"],
+                    g["bias_score"],
+                    g["stereotype_rate"],
+                ]
+            )
+    print_table("BBQ", ["category", "context", "n", "A%", "U%", "BS%", "SR%"], rows, console)
+
+
+@eval_app.command("crows-pairs")
+def eval_crows_pairs(
+    file: Annotated[Path, typer.Option(help="crows_pairs_anonymized.csv (upstream format).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    editor: EditorOpt = None,
+    alpha: Annotated[float | None, typer.Option(help="Override the editor's strength.")] = None,
+    limit: LimitOpt = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/crows_pairs"),
+    batch_size: BatchOpt = 16,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """CrowS-Pairs: % of pairs whose more-stereotypical sentence scores higher."""
+    from .data import DataFormatError, load_crows_pairs
+    from .evaluate.crows_pairs import evaluate_crows_pairs
+    from .report import print_table, write_json, write_jsonl
+
+    try:
+        pairs = load_crows_pairs(file)
+    except (DataFormatError, OSError) as error:
+        raise _data_error(error) from None
+    pairs = pairs[:limit] if limit else pairs
+    lm, tokenizer = _load(model, dtype, device_map)
+    with _edited(lm, editor, alpha):
+        result = evaluate_crows_pairs(lm, tokenizer, pairs, batch_size=batch_size, progress=True)
+    write_jsonl(out / "per_pair.jsonl", result.per_pair)
+    write_json(out / "summary.json", result.summary)
+    rows = [["overall", result.summary["overall"]["n"], result.summary["overall"]["pct_more"]]]
+    rows += [[t, r["n"], r["pct_more"]] for t, r in result.summary["by_type"].items()]
+    print_table("CrowS-Pairs", ["bias type", "pairs", "% sent_more preferred"], rows, console)
+
+
+@eval_app.command("control")
+def eval_control(
+    tasks: Annotated[
+        str, typer.Option(help="Comma list of control tasks.")
+    ] = "arc_easy,arc_challenge,piqa,openbook_qa,commonsense_qa,winogrande,boolq,mmlu",
+    model: ModelOpt = DEFAULT_MODEL,
+    editor: EditorOpt = None,
+    alpha: Annotated[float | None, typer.Option(help="Override the editor's strength.")] = None,
+    limit: LimitOpt = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/control"),
+    batch_size: BatchOpt = 16,
+    data_dir: DataDirOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Control tasks (log-likelihood multiple choice; gsm8k by greedy generation)."""
+    from .data import DataFileMissing, DataFormatError
+    from .evaluate.control import evaluate_control
+    from .report import print_table, write_json
+
+    lm, tokenizer = _load(model, dtype, device_map)
+    try:
+        with _edited(lm, editor, alpha):
+            result = evaluate_control(
+                lm,
+                tokenizer,
+                [t.strip() for t in tasks.split(",")],
+                data_dir=data_dir,
+                limit=limit,
+                batch_size=batch_size,
+                progress=True,
+            )
+    except (DataFileMissing, DataFormatError, KeyError, ValueError) as error:
+        raise _data_error(error) from None
+    write_json(out / "summary.json", {k: v for k, v in result.items() if k != "per_item"})
+    rows = [
+        [name, s.get("n"), s.get("acc", s.get("strict_match")), s.get("acc_norm")]
+        for name, s in result["tasks"].items()
+    ]
+    print_table("control tasks", ["task", "n", "acc / EM", "acc_norm"], rows, console)
 
 
 # ---------------------------------------------------------------------------- demo
@@ -303,9 +520,20 @@ def demo(
     from .jobs import truthfulness_demo
 
     truthfulness_demo(
-        model, out_dir=out, data_dir=data_dir, n_demos=n_demos, layers=layers,
-        pos_ratio=pos_ratio, neg_ratio=neg_ratio, centered=centered, neutral=neutral,
-        limit=limit, batch_size=batch_size, dtype=dtype, device_map=device_map, console=console,
+        model,
+        out_dir=out,
+        data_dir=data_dir,
+        n_demos=n_demos,
+        layers=layers,
+        pos_ratio=pos_ratio,
+        neg_ratio=neg_ratio,
+        centered=centered,
+        neutral=neutral,
+        limit=limit,
+        batch_size=batch_size,
+        dtype=dtype,
+        device_map=device_map,
+        console=console,
     )
 
 

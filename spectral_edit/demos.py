@@ -74,7 +74,8 @@ def _parse_record(record: object, where: str) -> Demonstration:
 
 
 def write_demos(path: str | Path, demos: Iterable[Demonstration]) -> Path:
-    """Write demonstrations as JSON Lines, atomically."""
+    """Write demonstrations as JSON Lines, atomically (parent folders are created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for demo in demos:
         record = {k: v for k, v in asdict(demo).items() if v is not None}
@@ -110,8 +111,12 @@ def neutral_answers(
         return [answer_text(d.neutral) if d.neutral.strip() else "" for d in demos]
     todo = [i for i, d in enumerate(demos) if d.neutral is None]
     generated = generate_greedy(
-        model, tokenizer, [demos[i].prompt for i in todo], batch_size=batch_size,
-        max_new_tokens=max_new_tokens, progress="neutral answers" if progress else False,
+        model,
+        tokenizer,
+        [demos[i].prompt for i in todo],
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress="neutral answers" if progress else False,
     )
     answers = [d.neutral or "" for d in demos]
     for i, text in zip(todo, generated, strict=True):
@@ -147,14 +152,37 @@ def capture_demos(
     neutral_texts = neutral_answers(
         model, tokenizer, demos, neutral, batch_size=batch_size, progress=progress
     )
-    options = {"layers": layers, "site": site, "token": token, "batch_size": batch_size,
-               "layer_path": layer_path}
+    options = {
+        "layers": layers,
+        "site": site,
+        "token": token,
+        "batch_size": batch_size,
+        "layer_path": layer_path,
+    }
     return DemoActivations(
-        neutral=capture(model, tokenizer, prompts, neutral_texts, **options,
-                        progress="neutral activations" if progress else False),
-        positive=capture(model, tokenizer, prompts, [answer_text(d.positive) for d in demos],
-                         **options, progress="positive activations" if progress else False),
-        negative=capture(model, tokenizer, prompts, [answer_text(d.negative) for d in demos],
-                         **options, progress="negative activations" if progress else False),
+        neutral=capture(
+            model,
+            tokenizer,
+            prompts,
+            neutral_texts,
+            **options,
+            progress="neutral activations" if progress else False,
+        ),
+        positive=capture(
+            model,
+            tokenizer,
+            prompts,
+            [answer_text(d.positive) for d in demos],
+            **options,
+            progress="positive activations" if progress else False,
+        ),
+        negative=capture(
+            model,
+            tokenizer,
+            prompts,
+            [answer_text(d.negative) for d in demos],
+            **options,
+            progress="negative activations" if progress else False,
+        ),
         layers=tuple(layers),
     )

@@ -186,8 +186,13 @@ class SpectralEditor:
                 placed[key] = (pos.to(hidden.device), neg.to(hidden.device))
             pos, neg = placed[key]
             return spectral_edit(
-                hidden, pos, neg, merge=self.merge, alpha=self.alpha,
-                feature=feature, scale=self.scale(layer),
+                hidden,
+                pos,
+                neg,
+                merge=self.merge,
+                alpha=self.alpha,
+                feature=feature,
+                scale=self.scale(layer),
             )
 
         return add_hooks(modules, hook)
@@ -274,8 +279,18 @@ def _content_hash(tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]
     return digest.hexdigest()
 
 
-_REQUIRED = ("format", "format_version", "layers", "hidden_size", "num_layers", "site", "merge",
-             "alpha", "feature", "content_sha256")
+_REQUIRED = (
+    "format",
+    "format_version",
+    "layers",
+    "hidden_size",
+    "num_layers",
+    "site",
+    "merge",
+    "alpha",
+    "feature",
+    "content_sha256",
+)
 
 
 def _from_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> SpectralEditor:

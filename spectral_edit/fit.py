@@ -160,15 +160,17 @@ class SpectralFitter:
             pos_factors.append(u_pos[:, :k_pos].float().cpu().contiguous())
             neg_factors.append(u_neg[:, :k_neg].float().cpu().contiguous())
             e_pos, e_neg = energy_fractions(s_pos), energy_fractions(s_neg)
-            stats.append({
-                "layer": layer,
-                "pos_rank": k_pos,
-                "neg_rank": k_neg,
-                "pos_energy_top1": float(e_pos[0]),
-                "neg_energy_top1": float(e_neg[0]),
-                "pos_energy_kept": float(e_pos[k_pos - 1]),
-                "neg_energy_kept": float(e_neg[k_neg - 1]),
-            })
+            stats.append(
+                {
+                    "layer": layer,
+                    "pos_rank": k_pos,
+                    "neg_rank": k_neg,
+                    "pos_energy_top1": float(e_pos[0]),
+                    "neg_energy_top1": float(e_neg[0]),
+                    "pos_energy_kept": float(e_pos[k_pos - 1]),
+                    "neg_energy_kept": float(e_neg[k_neg - 1]),
+                }
+            )
         signatures = self.signatures()
         for entry, value in zip(stats, signatures.tolist(), strict=True):
             entry["signature"] = value

@@ -43,8 +43,10 @@ def generate_greedy(
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     bar = tqdm(
-        total=len(prompts), desc=progress if isinstance(progress, str) else "generate",
-        disable=not progress, unit="seq",
+        total=len(prompts),
+        desc=progress if isinstance(progress, str) else "generate",
+        disable=not progress,
+        unit="seq",
     )
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]

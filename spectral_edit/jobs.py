@@ -76,8 +76,10 @@ def load_truthfulness_demos(
         one = load_halueval_qa(resolve("halueval/qa_one-turn_data.json", data_dir))
     except DataFileMissing as error:
         first_line = str(error).splitlines()[0]
-        console.print(f"[yellow]HaluEval not available ({first_line}); using the shipped "
-                      f"hand-written demonstrations instead.[/yellow]")
+        console.print(
+            f"[yellow]HaluEval not available ({first_line}); using the shipped "
+            f"hand-written demonstrations instead.[/yellow]"
+        )
         demos = read_demos(shipped_demos_path())[:n_demos]
         return demos, f"shipped hand-written file ({len(demos)} pairs)"
     demos = halueval_demos(one, limit=n_demos, seed=seed)
@@ -133,18 +135,32 @@ def truthfulness_demo(
     console.print(f"model {model_name} loaded in {load_seconds:.1f} s")
 
     fit_options = {
-        "model": model_name, "demos": options_key({"d": [d.__dict__ for d in demos]}),
-        "layers": layers, "pos_ratio": pos_ratio, "neg_ratio": neg_ratio,
-        "centered": centered, "neutral": neutral, "feature": feature,
+        "model": model_name,
+        "demos": options_key({"d": [d.__dict__ for d in demos]}),
+        "layers": layers,
+        "pos_ratio": pos_ratio,
+        "neg_ratio": neg_ratio,
+        "centered": centered,
+        "neutral": neutral,
+        "feature": feature,
     }
     editor_path = out / "editor.safetensors"
 
     def fit_stage() -> dict[str, Any]:
         t0 = time.perf_counter()
         editor = fit_editor(
-            model, tokenizer, demos, layers=layers, neutral=neutral, pos_ratio=pos_ratio,
-            neg_ratio=neg_ratio, centered=centered, feature=feature, batch_size=batch_size,
-            progress=True, metadata={"demonstrations": demo_source},
+            model,
+            tokenizer,
+            demos,
+            layers=layers,
+            neutral=neutral,
+            pos_ratio=pos_ratio,
+            neg_ratio=neg_ratio,
+            centered=centered,
+            feature=feature,
+            batch_size=batch_size,
+            progress=True,
+            metadata={"demonstrations": demo_source},
         )
         editor.save(editor_path)
         return {"seconds": time.perf_counter() - t0, "path": str(editor_path)}
@@ -168,9 +184,13 @@ def truthfulness_demo(
         label = "edited" if edited else "unedited"
         if edited:
             with editor.apply(model):
-                result = evaluate_truthfulqa(model, tokenizer, questions, progress=f"TruthfulQA ({label})")
+                result = evaluate_truthfulqa(
+                    model, tokenizer, questions, progress=f"TruthfulQA ({label})"
+                )
         else:
-            result = evaluate_truthfulqa(model, tokenizer, questions, progress=f"TruthfulQA ({label})")
+            result = evaluate_truthfulqa(
+                model, tokenizer, questions, progress=f"TruthfulQA ({label})"
+            )
         write_jsonl(out / f"truthfulqa_{label}.jsonl", result.per_question)
         return result.summary
 
@@ -181,15 +201,28 @@ def truthfulness_demo(
     headers = ["model", "MC1", "MC2", "MC3", "fit s", "eval s"]
     rows = [
         ["unedited", unedited["mc1"], unedited["mc2"], unedited["mc3"], None, unedited["seconds"]],
-        [f"SEA ({layers}, r+={pos_ratio}, r-={neg_ratio})", edited["mc1"], edited["mc2"],
-         edited["mc3"], fit_result["seconds"], edited["seconds"]],
+        [
+            f"SEA ({layers}, r+={pos_ratio}, r-={neg_ratio})",
+            edited["mc1"],
+            edited["mc2"],
+            edited["mc3"],
+            fit_result["seconds"],
+            edited["seconds"],
+        ],
     ]
     print_table(f"TruthfulQA ({unedited['n']} questions, {mc_file})", headers, rows, console)
     report = {
-        "model": model_name, "demonstrations": demo_source, "n_demonstrations": len(demos),
-        "options": fit_options, "mc_file": mc_file, "n_questions": unedited["n"],
-        "unedited": unedited, "edited": edited, "fit_seconds": fit_result["seconds"],
-        "model_load_seconds": load_seconds, "editor": dict(editor.metadata),
+        "model": model_name,
+        "demonstrations": demo_source,
+        "n_demonstrations": len(demos),
+        "options": fit_options,
+        "mc_file": mc_file,
+        "n_questions": unedited["n"],
+        "unedited": unedited,
+        "edited": edited,
+        "fit_seconds": fit_result["seconds"],
+        "model_load_seconds": load_seconds,
+        "editor": dict(editor.metadata),
     }
     write_json(out / "report.json", report)
     md = [

@@ -137,7 +137,9 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> lis
             try:
                 count = int(text[5:])
             except ValueError as error:
-                raise ValueError(f"bad layer spec {spec!r}: expected last-L with integer L") from error
+                raise ValueError(
+                    f"bad layer spec {spec!r}: expected last-L with integer L"
+                ) from error
             if not 1 <= count <= num_layers:
                 raise ValueError(f"bad layer spec {spec!r}: L must be in 1..{num_layers}")
             return list(range(num_layers - count, num_layers))

@@ -43,10 +43,21 @@ def fit_from_activations(
 ) -> SpectralEditor:
     """Fit an editor on captured demonstration activations (cheap: no model pass)."""
     return fit_from_arrays(
-        activations.neutral, activations.positive, activations.negative,
-        layers=activations.layers, num_layers=num_layers, pos_ratio=pos_ratio,
-        neg_ratio=neg_ratio, pos_rank=pos_rank, neg_rank=neg_rank, centered=centered,
-        feature=feature, site=site, merge=merge, alpha=alpha, layer_path=layer_path,
+        activations.neutral,
+        activations.positive,
+        activations.negative,
+        layers=activations.layers,
+        num_layers=num_layers,
+        pos_ratio=pos_ratio,
+        neg_ratio=neg_ratio,
+        pos_rank=pos_rank,
+        neg_rank=neg_rank,
+        centered=centered,
+        feature=feature,
+        site=site,
+        merge=merge,
+        alpha=alpha,
+        layer_path=layer_path,
         metadata=metadata,
     )
 
@@ -75,8 +86,16 @@ def fit_editor(
     chosen = parse_layers(layers, num_layers)
     started = time.perf_counter()
     activations = capture_demos(
-        model, tokenizer, demos, layers=chosen, neutral=neutral, site=site, token=token,
-        batch_size=batch_size, layer_path=layer_path, progress=progress,
+        model,
+        tokenizer,
+        demos,
+        layers=chosen,
+        neutral=neutral,
+        site=site,
+        token=token,
+        batch_size=batch_size,
+        layer_path=layer_path,
+        progress=progress,
     )
     captured = time.perf_counter()
     metadata = {
@@ -87,7 +106,11 @@ def fit_editor(
         **fit_options.pop("metadata", {}),
     }
     editor = fit_from_activations(
-        activations, num_layers, site=site, layer_path=layer_path, metadata=metadata,
+        activations,
+        num_layers,
+        site=site,
+        layer_path=layer_path,
+        metadata=metadata,
         **fit_options,
     )
     return editor

@@ -14,14 +14,22 @@ from rich.table import Table
 from ._atomic import atomic_write_text
 
 
+def _parent(path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` as indented JSON, atomically (parent folders are created)."""
+    path = _parent(path)
     atomic_write_text(Path(path), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return Path(path)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write one JSON object per line, atomically."""
+    """Write one JSON object per line, atomically (parent folders are created)."""
+    path = _parent(path)
     text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows)
     atomic_write_text(Path(path), text)
     return Path(path)
@@ -49,7 +57,10 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
 
 
 def print_table(
-    title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]], console: Console | None = None
+    title: str,
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    console: Console | None = None,
 ) -> None:
     """Print a rich table."""
     table = Table(title=title)
@@ -64,12 +75,16 @@ def ranks_rows(editor_metadata: Mapping[str, Any]) -> list[list[Any]]:
     """Rows ``layer, k+, k-, top-1 energy ±, kept energy ±, signature`` from editor metadata."""
     rows = []
     for entry in editor_metadata.get("layer_stats", []):
-        rows.append([
-            entry["layer"], entry["pos_rank"], entry["neg_rank"],
-            f"{entry['pos_energy_top1']:.3f} / {entry['neg_energy_top1']:.3f}",
-            f"{entry['pos_energy_kept']:.4f} / {entry['neg_energy_kept']:.4f}",
-            f"{entry['signature']:.4g}",
-        ])
+        rows.append(
+            [
+                entry["layer"],
+                entry["pos_rank"],
+                entry["neg_rank"],
+                f"{entry['pos_energy_top1']:.3f} / {entry['neg_energy_top1']:.3f}",
+                f"{entry['pos_energy_kept']:.4f} / {entry['neg_energy_kept']:.4f}",
+                f"{entry['signature']:.4g}",
+            ]
+        )
     return rows
 
 

@@ -46,8 +46,15 @@ def test_capture_matches_hidden_states(arch, side):
     tokenizer = make_tiny_tokenizer()
     n_layers = len(find_decoder_layers(model))
     layers = list(range(n_layers))
-    got = capture(model, tokenizer, [c for c, _ in TEXTS], [a for _, a in TEXTS],
-                  layers=layers, padding_side=side, batch_size=3)
+    got = capture(
+        model,
+        tokenizer,
+        [c for c, _ in TEXTS],
+        [a for _, a in TEXTS],
+        layers=layers,
+        padding_side=side,
+        batch_size=3,
+    )
     for i, (context, continuation) in enumerate(TEXTS):
         expected = _reference(model, tokenizer, context, continuation)
         torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-4)
@@ -57,8 +64,15 @@ def test_capture_matches_hidden_states(arch, side):
 def test_capture_mean_and_subset_of_layers(arch):
     model = make_tiny_model(arch)
     tokenizer = make_tiny_tokenizer()
-    got = capture(model, tokenizer, [c for c, _ in TEXTS], [a for _, a in TEXTS],
-                  layers=[0], token="mean", padding_side="left")
+    got = capture(
+        model,
+        tokenizer,
+        [c for c, _ in TEXTS],
+        [a for _, a in TEXTS],
+        layers=[0],
+        token="mean",
+        padding_side="left",
+    )
     for i, (context, continuation) in enumerate(TEXTS):
         expected = _reference(model, tokenizer, context, continuation, token="mean")[0]
         torch.testing.assert_close(got[i, 0], expected, atol=1e-5, rtol=1e-4)

@@ -23,8 +23,17 @@ def _random_editor(model, *, feature="linear", layers=None, seed=0, **options):
     layers = list(range(blocks)) if layers is None else layers
     gen = torch.Generator().manual_seed(seed)
     h, hp, hn = (torch.randn(40, len(layers), d, generator=gen) for _ in range(3))
-    return fit_from_arrays(h, hp, hn, pos_rank=3, neg_rank=4, layers=layers,
-                           num_layers=blocks, feature=feature, **options)
+    return fit_from_arrays(
+        h,
+        hp,
+        hn,
+        pos_rank=3,
+        neg_rank=4,
+        layers=layers,
+        num_layers=blocks,
+        feature=feature,
+        **options,
+    )
 
 
 def _logits(model, tokenizer, prompts, side="right"):
@@ -74,8 +83,9 @@ def test_attach_detach(tokenizer):
     handle.remove()  # idempotent
     assert not handle.active
     assert not torch.allclose(before[0], edited[0], atol=1e-3)
-    assert all(torch.equal(b, a) for b, a in zip(before, _logits(model, tokenizer, PROMPTS),
-                                                  strict=True))
+    assert all(
+        torch.equal(b, a) for b, a in zip(before, _logits(model, tokenizer, PROMPTS), strict=True)
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "opt"])
@@ -98,10 +108,12 @@ def test_generation_with_and_without_cache_agree_under_edit(arch, tokenizer):
     editor = _random_editor(model, layers=[0, 1])
     ids = torch.tensor([tokenizer("the cat sat on")["input_ids"]])
     with editor.apply(model):
-        cached = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True,
-                                pad_token_id=0)
-        uncached = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False,
-                                  pad_token_id=0)
+        cached = model.generate(
+            ids, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0
+        )
+        uncached = model.generate(
+            ids, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0
+        )
         # and step-by-step logits with a cache equal one full forward pass
         full = model(cached).logits
         out = model(cached[:, :5], use_cache=True)
@@ -126,6 +138,7 @@ def test_edited_layer_output_keeps_token_norms(tokenizer):
     def grab(name):
         def hook(module, args, output):
             seen[name] = (output if torch.is_tensor(output) else output[0]).detach().clone()
+
         return hook
 
     ids = torch.tensor([tokenizer(PROMPTS[2])["input_ids"]])
@@ -211,7 +224,8 @@ def test_load_refuses_other_format_version(tmp_path):
         header = json.loads(handle.metadata()["spectral_edit"])
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     header["format_version"] = 99
-    save_file(tensors, str(tmp_path / "v99.safetensors"),
-              metadata={"spectral_edit": json.dumps(header)})
+    save_file(
+        tensors, str(tmp_path / "v99.safetensors"), metadata={"spectral_edit": json.dumps(header)}
+    )
     with pytest.raises(EditorFileError, match="version 99"):
         SpectralEditor.load(tmp_path / "v99.safetensors")

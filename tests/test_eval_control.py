@@ -132,8 +132,9 @@ def test_choice_task_passes_shared_prefix(monkeypatch) -> None:
         return [[ContinuationScore(-1.0, 1, True) for _ in r.continuations] for r in requests]
 
     monkeypatch.setattr(control_eval, "score_requests", fake)
-    evaluate_choice_task(None, None, [ChoiceItem("t", ("P: q",), (" x", " y"), 0)],
-                         shared_prefix="P:", batch_size=3)
+    evaluate_choice_task(
+        None, None, [ChoiceItem("t", ("P: q",), (" x", " y"), 0)], shared_prefix="P:", batch_size=3
+    )
     assert got["shared_prefix"] == "P:" and got["batch_size"] == 3
 
 
@@ -167,11 +168,11 @@ def test_gsm8k_prompt_exemplars_and_exact_match(monkeypatch) -> None:
     assert len(items) == 7
     evaluated = items[2:]
     completions = {
-        evaluated[0].question: " 3 tickets cost 36.\n#### 36",            # strict and flexible
-        evaluated[1].question: " That is 2,500 daisies.",                  # flexible only
-        evaluated[2].question: " 5 * 2 = 10\n#### 12",                     # both wrong
-        evaluated[3].question: " 8 - 3 = 5 slices.\n#### 5.",              # both right
-        evaluated[4].question: " I do not know.",                          # neither
+        evaluated[0].question: " 3 tickets cost 36.\n#### 36",  # strict and flexible
+        evaluated[1].question: " That is 2,500 daisies.",  # flexible only
+        evaluated[2].question: " 5 * 2 = 10\n#### 12",  # both wrong
+        evaluated[3].question: " 8 - 3 = 5 slices.\n#### 5.",  # both right
+        evaluated[4].question: " I do not know.",  # neither
     }
     calls: list[dict] = []
     monkeypatch.setattr(control_eval, "generate_greedy", _stub_generator(completions, calls))
@@ -204,8 +205,10 @@ def test_gsm8k_limit_seed_and_errors(monkeypatch) -> None:
     shots = seeded.summary["exemplar_indices"]
     assert len(set(shots)) == 3
     assert {r["index"] for r in seeded.per_item} == set(range(7)) - set(shots)
-    assert seeded.summary["exemplar_indices"] == evaluate_gsm8k(
-        None, None, items, n_shot=3, seed=7).summary["exemplar_indices"]
+    assert (
+        seeded.summary["exemplar_indices"]
+        == evaluate_gsm8k(None, None, items, n_shot=3, seed=7).summary["exemplar_indices"]
+    )
     zero = evaluate_gsm8k(None, None, items, n_shot=0, limit=1)
     assert calls[-1]["prompts"] == [f"Question: {items[0].question}\nAnswer:"]
     assert zero.summary["n"] == 1
@@ -242,8 +245,9 @@ def test_evaluate_control_on_a_data_dir(lm, data_dir, monkeypatch) -> None:
     model, tok = lm
     answers = {it.question: f" #### {it.final}" for it in load_gsm8k(GSM8K_FIXTURE)}
     monkeypatch.setattr(control_eval, "generate_greedy", _stub_generator(answers, []))
-    out = evaluate_control(model, tok, ["winogrande", "gsm8k", "arc_easy"], data_dir=data_dir,
-                           limit=2)
+    out = evaluate_control(
+        model, tok, ["winogrande", "gsm8k", "arc_easy"], data_dir=data_dir, limit=2
+    )
     assert list(out["tasks"]) == ["winogrande", "gsm8k", "arc_easy"]
     for name in ("winogrande", "arc_easy"):
         direct = evaluate_choice_task(model, tok, load_control_task(name, data_dir, limit=2))

@@ -12,7 +12,9 @@ from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
 
 PREFIX = "q: what is it\na: it is a cat\n\n"
 REQUESTS = [
-    ChoiceRequest(PREFIX + "q: where is the dog\na:", (" in the house", " no", " on the big red mat")),
+    ChoiceRequest(
+        PREFIX + "q: where is the dog\na:", (" in the house", " no", " on the big red mat")
+    ),
     ChoiceRequest(PREFIX + "q: why\na:", (" because", " it is so and so and so")),
     ChoiceRequest("unrelated context", (" one", " two three")),
     ChoiceRequest("", (" a whole sentence scored alone",)),
@@ -40,8 +42,9 @@ def test_lm_head_logits_match_model(arch):
     model = make_tiny_model(arch)
     ids = torch.tensor([[5, 9, 17, 33]])
     hidden = model.base_model(input_ids=ids).last_hidden_state
-    torch.testing.assert_close(lm_head_logits(model, hidden), model(ids).logits, atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        lm_head_logits(model, hidden), model(ids).logits, atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -52,11 +55,13 @@ def test_scorer_matches_full_forward(arch, edited):
     editor = _editor(model)
     with editor.with_options(alpha=1.0 if edited else 0.0).apply(model):
         runs = [
-            score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=2,
-                           share_contexts=True),
+            score_requests(
+                model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=2, share_contexts=True
+            ),
             score_requests(model, tokenizer, REQUESTS, batch_size=8, share_contexts=True),
-            score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=3,
-                           share_contexts=False),
+            score_requests(
+                model, tokenizer, REQUESTS, shared_prefix=PREFIX, batch_size=3, share_contexts=False
+            ),
             score_requests(model, tokenizer, REQUESTS, batch_size=16, share_contexts=False),
         ]
         for r, request in enumerate(REQUESTS):
@@ -73,8 +78,11 @@ def test_edit_changes_scores_and_greedy_flag():
     plain = score_requests(model, tokenizer, REQUESTS)
     with _editor(model).apply(model):
         edited = score_requests(model, tokenizer, REQUESTS)
-    assert any(abs(a.logprob - b.logprob) > 1e-3 for ra, rb in zip(plain, edited, strict=True)
-               for a, b in zip(ra, rb, strict=True))
+    assert any(
+        abs(a.logprob - b.logprob) > 1e-3
+        for ra, rb in zip(plain, edited, strict=True)
+        for a, b in zip(ra, rb, strict=True)
+    )
     # a continuation made of the greedy next token is greedy
     ctx = "q: why\na:"
     ids = torch.tensor([encode_pair(tokenizer, ctx, " x")[0]])
@@ -92,8 +100,9 @@ def test_context_equal_to_prefix(share_contexts):
     tokenizer = make_tiny_tokenizer()
     prefix = "q: what is it\na: it is a cat"
     requests = [ChoiceRequest(prefix, (" and a dog", ".")), ChoiceRequest(prefix + " x", (" y",))]
-    got = score_requests(model, tokenizer, requests, shared_prefix=prefix,
-                         share_contexts=share_contexts)
+    got = score_requests(
+        model, tokenizer, requests, shared_prefix=prefix, share_contexts=share_contexts
+    )
     for request, scores in zip(requests, got, strict=True):
         for continuation, score in zip(request.continuations, scores, strict=True):
             expected, _ = _plain_logprob(model, tokenizer, request.context, continuation)

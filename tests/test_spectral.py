@@ -81,10 +81,29 @@ def test_projection_properties():
 def test_streaming_equals_one_batch(centered, feature):
     gen = torch.Generator().manual_seed(1)
     h, hp, hn = (torch.randn(57, 3, 12, generator=gen) * 3 + 1 for _ in range(3))
-    one = fit_from_arrays(h, hp, hn, pos_ratio=0.9, neg_ratio=0.95, centered=centered,
-                          feature=feature, layers=[2, 5, 7], num_layers=8)
-    streamed = fit_from_arrays(h, hp, hn, pos_ratio=0.9, neg_ratio=0.95, centered=centered,
-                               feature=feature, layers=[2, 5, 7], num_layers=8, batch_size=5)
+    one = fit_from_arrays(
+        h,
+        hp,
+        hn,
+        pos_ratio=0.9,
+        neg_ratio=0.95,
+        centered=centered,
+        feature=feature,
+        layers=[2, 5, 7],
+        num_layers=8,
+    )
+    streamed = fit_from_arrays(
+        h,
+        hp,
+        hn,
+        pos_ratio=0.9,
+        neg_ratio=0.95,
+        centered=centered,
+        feature=feature,
+        layers=[2, 5, 7],
+        num_layers=8,
+        batch_size=5,
+    )
     assert one.ranks == streamed.ranks
     for layer in one.layers:
         for a, b in zip(one.projections(layer), streamed.projections(layer), strict=True):
@@ -137,7 +156,9 @@ def test_edit_keeps_token_norm_and_is_per_token():
     # merge=mean is (P+ h + P- h) / 2
     p_pos = pos @ pos.T
     p_neg = torch.eye(16) - neg @ neg.T
-    torch.testing.assert_close(spectral_edit(h, pos, neg, merge="mean"), (h @ p_pos + h @ p_neg) / 2)
+    torch.testing.assert_close(
+        spectral_edit(h, pos, neg, merge="mean"), (h @ p_pos + h @ p_neg) / 2
+    )
     # alpha interpolates between h and the full edit
     half = spectral_edit(h, pos, neg, alpha=0.5)
     torch.testing.assert_close(half, (h + out) / 2)

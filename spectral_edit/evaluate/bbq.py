@@ -114,7 +114,10 @@ def evaluate_bbq(
     started = time.perf_counter()
     requests = [ChoiceRequest(bbq_prompt(item), bbq_continuations(item)) for item in items]
     scored = score_requests(
-        model, tokenizer, requests, batch_size=batch_size,
+        model,
+        tokenizer,
+        requests,
+        batch_size=batch_size,
         progress="BBQ" if progress is True else progress,
     )
     per_item: list[dict[str, Any]] = []
@@ -130,21 +133,23 @@ def evaluate_bbq(
             biased_index=biased_index(item),
         )
         predictions.append(pred)
-        per_item.append({
-            "example_id": item.example_id,
-            "category": item.category,
-            "condition": item.context_condition,
-            "polarity": item.question_polarity,
-            "question_index": item.question_index,
-            "scores": means,
-            "logprobs": [s.logprob for s in scores],
-            "n_tokens": [s.n_tokens for s in scores],
-            "predicted": pred.predicted,
-            "label": pred.label,
-            "correct": pred.predicted == pred.label,
-            "unknown_index": pred.unknown_index,
-            "biased_index": pred.biased_index,
-        })
+        per_item.append(
+            {
+                "example_id": item.example_id,
+                "category": item.category,
+                "condition": item.context_condition,
+                "polarity": item.question_polarity,
+                "question_index": item.question_index,
+                "scores": means,
+                "logprobs": [s.logprob for s in scores],
+                "n_tokens": [s.n_tokens for s in scores],
+                "predicted": pred.predicted,
+                "label": pred.label,
+                "correct": pred.predicted == pred.label,
+                "unknown_index": pred.unknown_index,
+                "biased_index": pred.biased_index,
+            }
+        )
     summary: dict[str, Any] = {
         "n": len(items),
         "scoring": "mean_logprob",
@@ -223,8 +228,11 @@ def split_bbq_items(
         if len(demo) >= n_demo:
             break
         eligible = sorted(
-            (i for i in groups[key]
-             if demo_condition is None or i.context_condition == demo_condition),
+            (
+                i
+                for i in groups[key]
+                if demo_condition is None or i.context_condition == demo_condition
+            ),
             key=lambda i: (i.example_id, i.context_condition, i.question_polarity),
         )
         if not eligible:

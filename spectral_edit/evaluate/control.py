@@ -130,7 +130,11 @@ def evaluate_choice_task(
     started = time.perf_counter()
     requests, index = choice_requests(items)
     scored = score_requests(
-        model, tokenizer, requests, shared_prefix=shared_prefix, batch_size=batch_size,
+        model,
+        tokenizer,
+        requests,
+        shared_prefix=shared_prefix,
+        batch_size=batch_size,
         progress=(task or "choice") if progress is True else progress,
     )
     per_item: list[dict[str, Any]] = []
@@ -151,8 +155,11 @@ def evaluate_choice_task(
         if not is_multi:
             lengths = choice_lengths([_choice_text(c) for c in item.continuations])
             predicted_norm = _first_argmax([ll / n for ll, n in zip(lls, lengths, strict=True)])
-            record.update(lengths=lengths, predicted_norm=predicted_norm,
-                          correct_norm=predicted_norm == item.gold)
+            record.update(
+                lengths=lengths,
+                predicted_norm=predicted_norm,
+                correct_norm=predicted_norm == item.gold,
+            )
             all_lengths.append(lengths)
         all_lls.append(lls)
         per_item.append(record)
@@ -247,22 +254,29 @@ def evaluate_gsm8k(
     prefix = gsm8k_fewshot_prefix([items[i] for i in shots])
     prompts = [prefix + gsm8k_prompt(items[i].question) for i in todo]
     completions = generate_greedy(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, stops=GSM8K_STOPS,
-        batch_size=batch_size, progress="GSM8K" if progress is True else progress,
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        stops=GSM8K_STOPS,
+        batch_size=batch_size,
+        progress="GSM8K" if progress is True else progress,
     )
     golds = [items[i].answer for i in todo]
     per_item = []
     for i, text, gold in zip(todo, completions, golds, strict=True):
-        per_item.append({
-            "index": i,
-            "question": items[i].question,
-            "gold": items[i].final,
-            "completion": text,
-            "pred_strict": extract_final_number(text, "strict"),
-            "pred_flexible": extract_final_number(text, "flexible"),
-            "correct_strict": gsm8k_exact_match([text], [gold], "strict") == 100.0,
-            "correct_flexible": gsm8k_exact_match([text], [gold], "flexible") == 100.0,
-        })
+        per_item.append(
+            {
+                "index": i,
+                "question": items[i].question,
+                "gold": items[i].final,
+                "completion": text,
+                "pred_strict": extract_final_number(text, "strict"),
+                "pred_flexible": extract_final_number(text, "flexible"),
+                "correct_strict": gsm8k_exact_match([text], [gold], "strict") == 100.0,
+                "correct_flexible": gsm8k_exact_match([text], [gold], "flexible") == 100.0,
+            }
+        )
     summary = {
         "task": "gsm8k",
         "n": len(todo),

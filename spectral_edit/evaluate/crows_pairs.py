@@ -63,7 +63,10 @@ def evaluate_crows_pairs(
     started = time.perf_counter()
     requests = [ChoiceRequest("", (p.sent_more, p.sent_less)) for p in pairs]
     scored = score_requests(
-        model, tokenizer, requests, batch_size=batch_size,
+        model,
+        tokenizer,
+        requests,
+        batch_size=batch_size,
         progress="CrowS-Pairs" if progress is True else progress,
     )
     more = [s[0].logprob for s in scored]

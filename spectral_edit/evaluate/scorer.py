@@ -71,7 +71,9 @@ def lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     them (including Gemma-style final soft-capping and Cohere/Granite logit scaling)."""
     _, head = decoder_and_head(model)
     logits = head(hidden.to(head.weight.device)).float()
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
     scale = getattr(config, "logit_scale", None)
     if isinstance(scale, (int, float)) and scale != 1:
         logits = logits * scale
@@ -152,13 +154,23 @@ def score_requests(
         prefix_last = hidden[:, -1]
     if not share_contexts:
         return _score_packed(
-            model, run, tokenizer, requests, prefix_ids, prefix_cache, prefix_last, pad,
-            batch_size, progress,
+            model,
+            run,
+            tokenizer,
+            requests,
+            prefix_ids,
+            prefix_cache,
+            prefix_last,
+            pad,
+            batch_size,
+            progress,
         )
     results: list[list[ContinuationScore]] = []
     bar = tqdm(
-        total=len(requests), desc=progress if isinstance(progress, str) else "score",
-        disable=not progress, unit="req",
+        total=len(requests),
+        desc=progress if isinstance(progress, str) else "score",
+        disable=not progress,
+        unit="req",
     )
     for request in requests:
         pairs = [encode_pair(tokenizer, request.context, c) for c in request.continuations]
@@ -168,11 +180,17 @@ def score_requests(
             raise ValueError(f"a continuation of {request.context[-60:]!r} encodes to no tokens")
         shared = bool(prefix_ids) and context_ids[: len(prefix_ids)] == prefix_ids
         if shared:
-            past, past_len, rest = copy.deepcopy(prefix_cache), len(prefix_ids), context_ids[len(prefix_ids) :]
+            past, past_len, rest = (
+                copy.deepcopy(prefix_cache),
+                len(prefix_ids),
+                context_ids[len(prefix_ids) :],
+            )
         else:
             past, past_len, rest = None, 0, context_ids
         if rest:
-            hidden, past = run(torch.tensor([rest]), torch.ones(1, len(rest), dtype=torch.long), past, past_len)
+            hidden, past = run(
+                torch.tensor([rest]), torch.ones(1, len(rest), dtype=torch.long), past, past_len
+            )
             last = hidden[:, -1]
             past_len += len(rest)
         else:
@@ -188,8 +206,16 @@ def score_requests(
 
 
 def _score_packed(
-    model, run: _Runner, tokenizer, requests, prefix_ids, prefix_cache, prefix_last, pad,
-    batch_size: int, progress: bool | str,
+    model,
+    run: _Runner,
+    tokenizer,
+    requests,
+    prefix_ids,
+    prefix_cache,
+    prefix_last,
+    pad,
+    batch_size: int,
+    progress: bool | str,
 ) -> list[list[ContinuationScore]]:
     """Pack ``context-after-prefix + continuation`` sequences of many requests per batch.
 
@@ -201,7 +227,9 @@ def _score_packed(
         for c, continuation in enumerate(request.continuations):
             context_ids, target = encode_pair(tokenizer, request.context, continuation)
             if not target:
-                raise ValueError(f"a continuation of {request.context[-60:]!r} encodes to no tokens")
+                raise ValueError(
+                    f"a continuation of {request.context[-60:]!r} encodes to no tokens"
+                )
             shared = bool(prefix_ids) and context_ids[: len(prefix_ids)] == prefix_ids
             rest = context_ids[len(prefix_ids) :] if shared else context_ids
             items.append((r, c, shared, rest + target, len(rest) - 1, len(target)))
@@ -211,8 +239,10 @@ def _score_packed(
     # group by (shared, length) so batches are dense and share one kind of past
     order = sorted(range(len(items)), key=lambda i: (items[i][2], len(items[i][3])))
     bar = tqdm(
-        total=len(items), desc=progress if isinstance(progress, str) else "score",
-        disable=not progress, unit="seq",
+        total=len(items),
+        desc=progress if isinstance(progress, str) else "score",
+        disable=not progress,
+        unit="seq",
     )
     start = 0
     while start < len(order):
@@ -247,17 +277,23 @@ def _score_packed(
 def _score_rows(model, predictors: torch.Tensor, targets: list[int], lengths: list[int]):
     """Sum the log-probabilities of ``targets`` predicted by the hidden ``predictors``
     ``(sum(lengths), d)``, split into continuations of ``lengths`` tokens."""
-    logprobs = torch.log_softmax(lm_head_logits(model, predictors), dim=-1)
-    flat_targets = torch.tensor(targets, device=logprobs.device)
-    picked = logprobs.gather(1, flat_targets[:, None])[:, 0].double().cpu()
-    greedy = (logprobs.argmax(-1) == flat_targets).cpu()
+    logits = lm_head_logits(model, predictors)
+    flat_targets = torch.tensor(targets, device=logits.device)
+    # log-normaliser in float64: summed over many tokens, float32 rounding would add up
+    picked = (
+        logits.gather(1, flat_targets[:, None])[:, 0].double()
+        - torch.logsumexp(logits.double(), dim=-1)
+    ).cpu()
+    greedy = (logits.argmax(-1) == flat_targets).cpu()
     out, offset = [], 0
     for n in lengths:
-        out.append(ContinuationScore(
-            logprob=float(picked[offset : offset + n].sum()),
-            n_tokens=n,
-            is_greedy=bool(greedy[offset : offset + n].all()),
-        ))
+        out.append(
+            ContinuationScore(
+                logprob=float(picked[offset : offset + n].sum()),
+                n_tokens=n,
+                is_greedy=bool(greedy[offset : offset + n].all()),
+            )
+        )
         offset += n
     return out
 

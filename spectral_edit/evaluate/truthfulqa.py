@@ -49,7 +49,11 @@ def evaluate_truthfulqa(
         answer_lists.append(answers)
         requests.append(ChoiceRequest(question_prompt(q.question), tuple(" " + a for a in answers)))
     scored = score_requests(
-        model, tokenizer, requests, shared_prefix=QA_PRIMER, batch_size=batch_size,
+        model,
+        tokenizer,
+        requests,
+        shared_prefix=QA_PRIMER,
+        batch_size=batch_size,
         progress="TruthfulQA" if progress is True else progress,
     )
     per_question = []
@@ -58,8 +62,13 @@ def evaluate_truthfulqa(
         mc1_ll = [by_answer[a] for a in q.mc1_answers]
         mc2_ll = [by_answer[a] for a in q.mc2_answers]
         metrics = mc_scores(mc1_ll, q.mc1_labels, mc2_ll, q.mc2_labels)
-        per_question.append({
-            "question": q.question, **metrics, "mc1_logprobs": mc1_ll, "mc2_logprobs": mc2_ll,
-        })
+        per_question.append(
+            {
+                "question": q.question,
+                **metrics,
+                "mc1_logprobs": mc1_ll,
+                "mc2_logprobs": mc2_ll,
+            }
+        )
     summary = {**mean_mc(per_question), "seconds": time.perf_counter() - started}
     return TruthfulQAResult(per_question, summary)

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Table of the bias experiment (``bias.jsonl`` of bias_grid.py) as Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from spectral_edit.report import markdown_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bias_dir", type=Path)
+    args = parser.parse_args()
+    rows = [json.loads(x) for x in (args.bias_dir / "bias.jsonl").read_text().splitlines() if x]
+    table = []
+    for row in rows:
+        overall = row["bbq"]["overall"]
+        amb, dis = overall["ambig"], overall["disambig"]
+        tqa = row.get("truthfulqa") or {}
+        o = row["options"]
+        name = (
+            "unedited"
+            if not o
+            else (f"{o['feature']} N={o['n']} {'centred' if o['centered'] else 'uncentred'}")
+        )
+        ranks = row.get("ranks") or {}
+        table.append(
+            [
+                name,
+                ", ".join(f"{v[0]}/{v[1]}" for v in ranks.values()) or "—",
+                amb["accuracy"],
+                dis["accuracy"],
+                amb["unknown_rate"],
+                dis["unknown_rate"],
+                amb["bias_score"],
+                dis["bias_score"],
+                amb["stereotype_rate"],
+                dis["stereotype_rate"],
+                tqa.get("mc1"),
+                tqa.get("mc2"),
+            ]
+        )
+    headers = [
+        "editor",
+        "k+/k- (last 2 layers)",
+        "A% amb",
+        "A% dis",
+        "U% amb",
+        "U% dis",
+        "BS% amb",
+        "BS% dis",
+        "SR% amb",
+        "SR% dis",
+        "TQA MC1",
+        "TQA MC2",
+    ]
+    text = markdown_table(headers, table)
+    (args.bias_dir / "bias.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

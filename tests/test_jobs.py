@@ -1,0 +1,90 @@
+"""The main job (``sea demo``) on a tiny model: stages, fallback, resume."""
+
+import json
+import shutil
+
+import pytest
+
+from spectral_edit.jobs import StageStore, truthfulness_demo
+
+from .tiny_models import make_tiny_model, make_tiny_tokenizer
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    make_tiny_model("gemma3").save_pretrained(folder)
+    make_tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_stage_store_reuses_and_recomputes(tmp_path):
+    store = StageStore(tmp_path)
+    calls = []
+    compute = lambda: calls.append(1) or {"value": len(calls)}  # noqa: E731
+    assert store.run("s", {"a": 1}, compute) == {"value": 1}
+    assert store.run("s", {"a": 1}, compute) == {"value": 1}  # reused
+    assert store.run("s", {"a": 2}, compute) == {"value": 2}  # options changed
+    (tmp_path / "s.json").write_text("{half written")
+    assert store.run("s", {"a": 2}, compute) == {"value": 3}  # corrupt record: recompute
+
+
+def test_demo_job_with_halueval_then_resume(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEA_OFFLINE", "1")
+    data = tmp_path / "data"
+    (data / "halueval").mkdir(parents=True)
+    shutil.copy(FIXTURES / "halueval" / "qa_data.json", data / "halueval" / "qa_one-turn_data.json")
+    shutil.copytree(FIXTURES / "truthfulqa", data / "truthfulqa")
+    out = tmp_path / "run"
+    options = dict(
+        out_dir=out,
+        data_dir=data,
+        n_demos=3,
+        layers="last-2",
+        centered=True,
+        pos_ratio=0.9,
+        neg_ratio=0.9,
+        limit=2,
+        mc_file="mc_task.json",
+        batch_size=4,
+    )
+    report = truthfulness_demo(str(model_dir), **options)
+    assert report["n_demonstrations"] == 3 and "HaluEval" in report["demonstrations"]
+    assert report["n_questions"] == 2
+    for name in (
+        "report.md",
+        "report.json",
+        "editor.safetensors",
+        "demos.jsonl",
+        "truthfulqa_unedited.jsonl",
+        "truthfulqa_edited.jsonl",
+    ):
+        assert (out / name).is_file(), name
+    assert "MC1" in (out / "report.md").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json*")}
+    again = truthfulness_demo(str(model_dir), **options)  # every stage is reused
+    assert again["edited"] == report["edited"] and again["unedited"] == report["unedited"]
+    assert (out / "eval_edited.json").stat().st_mtime_ns == stamps["eval_edited.json"]
+    # a different strength-relevant option reruns the fit and the edited evaluation only
+    changed = truthfulness_demo(str(model_dir), **{**options, "pos_ratio": 0.5})
+    assert (out / "eval_unedited.json").stat().st_mtime_ns == stamps["eval_unedited.json"]
+    assert json.loads((out / "fit.json").read_text())["options"]["pos_ratio"] == 0.5
+    assert changed["unedited"] == report["unedited"]
+
+
+def test_demo_job_falls_back_to_shipped_demos(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEA_OFFLINE", "1")
+    report = truthfulness_demo(
+        str(model_dir),
+        out_dir=tmp_path / "run",
+        data_dir=tmp_path,
+        n_demos=5,
+        layers="last-1",
+        neutral="prompt",
+        limit=1,
+    )
+    assert report == {"fit": report["fit"], "evaluated": False}
+    assert (tmp_path / "run" / "editor.safetensors").is_file()
+    assert len((tmp_path / "run" / "demos.jsonl").read_text().splitlines()) == 5
