@@ -505,9 +505,11 @@ def demo(
     model: ModelOpt = DEFAULT_MODEL,
     n_demos: Annotated[int, typer.Option("--n-demos", help="HaluEval demonstrations.")] = 100,
     layers: Annotated[str, typer.Option(help="last-L, all, or a list.")] = "last-8",
-    pos_ratio: Annotated[float, typer.Option(help="Energy ratio for k+.")] = 0.99,
-    neg_ratio: Annotated[float, typer.Option(help="Energy ratio for k-.")] = 0.99,
-    centered: Annotated[bool, typer.Option(help="Centre the cross-covariances.")] = False,
+    pos_ratio: Annotated[float, typer.Option(help="Energy ratio for k+.")] = 0.995,
+    neg_ratio: Annotated[float, typer.Option(help="Energy ratio for k-.")] = 0.995,
+    centered: Annotated[
+        bool, typer.Option(help="Centre the cross-covariances (measured better on Gemma 3).")
+    ] = True,
     neutral: Annotated[str, typer.Option(help="generate or prompt.")] = "generate",
     limit: LimitOpt = None,
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("runs/demo"),
