@@ -41,7 +41,9 @@ def main() -> None:
         assert mine["question"] == ref["question"]
         for key in ("mc1", "mc2"):
             lls = ref[key]["loglikelihoods"]
-            worst_ll = max(worst_ll, *(abs(a - b) for a, b in zip(mine[f"{key}_logprobs"], lls)))
+            worst_ll = max(
+                worst_ll, *(abs(a - b) for a, b in zip(mine[f"{key}_logprobs"], lls, strict=True))
+            )
         mc1_disagree += mine["mc1"] != ref["mc1"]["value"]
         worst_mc2 = max(worst_mc2, abs(mine["mc2"] - ref["mc2"]["value"]))
     n = len(reference)

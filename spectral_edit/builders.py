@@ -29,6 +29,13 @@ def qa_prompt(question: str) -> str:
     return f"{QA_PRIMER}\n\nQ: {question.strip()}\nA:"
 
 
+def _seeded_order(n: int, limit: int | None, rng: random.Random) -> list[int]:
+    """Indices ``0..n-1`` shuffled by ``rng``, the first ``limit`` of them."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return order if limit is None else order[:limit]
+
+
 def _sentence(text: str) -> str:
     text = text.strip()
     return text if text.endswith((".", "!", "?")) else text + "."
@@ -39,12 +46,8 @@ def halueval_demos(
 ) -> list[Demonstration]:
     """Demonstrations from HaluEval QA items (shuffled with ``seed``, first ``limit``)."""
     rng = random.Random(seed)
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    if limit is not None:
-        order = order[:limit]
     demos = []
-    for index in order:
+    for index in _seeded_order(len(items), limit, rng):
         item = items[index]
         pieces = [p.strip() for p in item.hallucinated_answer.split(";") if p.strip()]
         negative = rng.choice(pieces) if pieces else item.hallucinated_answer
@@ -63,12 +66,8 @@ def truthfulqa_demos(
 ) -> list[Demonstration]:
     """Demonstrations from TruthfulQA rows: best answer vs one incorrect answer."""
     rng = random.Random(seed)
-    order = list(range(len(rows)))
-    rng.shuffle(order)
-    if limit is not None:
-        order = order[:limit]
     demos = []
-    for index in order:
+    for index in _seeded_order(len(rows), limit, rng):
         row = rows[index]
         if not row.incorrect_answers:
             continue

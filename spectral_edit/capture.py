@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .hooks import hooked
 from .layers import site_modules
+from .progress import progress_bar
 from .tokens import encode_pair, model_inputs, pad_batch, pad_id_of
 
 TOKEN_CHOICES = ("last", "mean")
@@ -79,12 +79,7 @@ def capture(
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     result: torch.Tensor | None = None
     pad = pad_id_of(tokenizer)
-    bar = tqdm(
-        total=len(order),
-        desc=progress if isinstance(progress, str) else "capture",
-        disable=not progress,
-        unit="seq",
-    )
+    bar = progress_bar(len(order), progress, "capture", "seq")
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         ids, mask, positions = pad_batch([sequences[i] for i in rows], pad, padding_side)

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .progress import progress_bar
 from .tokens import encode, model_inputs, pad_batch, pad_id_of
 
 ANSWER_STOPS = ("\n\n", "\nQ:")
@@ -42,12 +42,7 @@ def generate_greedy(
     encoded = [encode(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
-    bar = tqdm(
-        total=len(prompts),
-        desc=progress if isinstance(progress, str) else "generate",
-        disable=not progress,
-        unit="seq",
-    )
+    bar = progress_bar(len(prompts), progress, "generate", "seq")
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         ids, mask, _ = pad_batch([encoded[i] for i in rows], pad, "left")

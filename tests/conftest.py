@@ -128,3 +128,31 @@ def real_model() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from spectral_edit.models import DEFAULT_MODEL, load_model
 
     return load_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tiny models run far faster single-threaded (thread start-up dominates); real-model
+    tests keep torch's default."""
+    if "real_model" in request.keywords:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny Llama and the tiny tokenizer, shared by a module's tests."""
+    return make_tiny_model("llama"), make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Gemma 3 saved with its tokenizer to a folder (loadable by ``load_model``)."""
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    make_tiny_model("gemma3").save_pretrained(folder)
+    make_tiny_tokenizer().save_pretrained(folder)
+    return folder

@@ -9,18 +9,8 @@ from spectral_edit import SpectralEditor
 from spectral_edit.cli import app
 from spectral_edit.demos import Demonstration, write_demos
 
-from .tiny_models import make_tiny_model, make_tiny_tokenizer
-
 runner = CliRunner()
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_model("llama").save_pretrained(folder)
-    make_tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture()
@@ -31,14 +21,14 @@ def demos_file(tmp_path):
     return write_demos(tmp_path / "demos.jsonl", demos)
 
 
-def test_fit_info_generate(model_dir, demos_file, tmp_path):
+def test_fit_info_generate(tiny_model_dir, demos_file, tmp_path):
     out = tmp_path / "e.safetensors"
     result = runner.invoke(
         app,
         [
             "fit",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--demos",
             str(demos_file),
             "--out",
@@ -56,7 +46,7 @@ def test_fit_info_generate(model_dir, demos_file, tmp_path):
     )
     assert result.exit_code == 0, result.output
     editor = SpectralEditor.load(out)
-    assert editor.layers == (0, 1)
+    assert editor.layers == (0, 1, 2)
     assert editor.metadata["n_demonstrations"] == 12 and editor.metadata["centered"]
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0 and "signature" in info.output and "12" in info.output
@@ -65,7 +55,7 @@ def test_fit_info_generate(model_dir, demos_file, tmp_path):
         [
             "generate",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--editor",
             str(out),
             "--max-new-tokens",
@@ -77,14 +67,14 @@ def test_fit_info_generate(model_dir, demos_file, tmp_path):
     assert "edited" in gen.output and "unedited" in gen.output
 
 
-def test_fit_feature_map_selectable(model_dir, demos_file, tmp_path):
+def test_fit_feature_map_selectable(tiny_model_dir, demos_file, tmp_path):
     out = tmp_path / "phi.safetensors"
     result = runner.invoke(
         app,
         [
             "fit",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--demos",
             str(demos_file),
             "--out",
@@ -103,11 +93,11 @@ def test_fit_feature_map_selectable(model_dir, demos_file, tmp_path):
     )
     assert result.exit_code == 0, result.output
     editor = SpectralEditor.load(out)
-    assert editor.feature == "squared-exponential" and editor.ranks == {1: (3, 2)}
+    assert editor.feature == "squared-exponential" and editor.ranks == {2: (3, 2)}
     assert editor.feature_scales is not None and editor.feature_scales[0] > 0
 
 
-def test_clear_errors(model_dir, tmp_path):
+def test_clear_errors(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "positive": "x"}\n')
     result = runner.invoke(
@@ -115,7 +105,7 @@ def test_clear_errors(model_dir, tmp_path):
         [
             "fit",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--demos",
             str(bad),
             "--out",
@@ -131,7 +121,7 @@ def test_clear_errors(model_dir, tmp_path):
     assert result.exit_code == 2 and "no-model" in result.output
 
 
-def test_demos_and_eval_truthfulqa(model_dir, tmp_path):
+def test_demos_and_eval_truthfulqa(tiny_model_dir, tmp_path):
     out = tmp_path / "tqa_demos.jsonl"
     result = runner.invoke(
         app, ["demos", "truthfulqa", "--fold", "1", "--out", str(out), "--data-dir", str(FIXTURES)]
@@ -145,7 +135,7 @@ def test_demos_and_eval_truthfulqa(model_dir, tmp_path):
             "eval",
             "truthfulqa",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--mc-file",
             "mc_task.json",
             "--data-dir",
@@ -166,7 +156,7 @@ def test_demos_and_eval_truthfulqa(model_dir, tmp_path):
     assert missing.exit_code == 2 and "qa_one-turn_data.json" in missing.output
 
 
-def test_bias_and_control_commands(model_dir, tmp_path):
+def test_bias_and_control_commands(tiny_model_dir, tmp_path):
     demos = tmp_path / "bbq.jsonl"
     result = runner.invoke(
         app, ["demos", "bbq", "--out", str(demos), "--n", "2", "--data-dir", str(FIXTURES)]
@@ -179,7 +169,7 @@ def test_bias_and_control_commands(model_dir, tmp_path):
             "eval",
             "bbq",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--held-out-from",
             "2",
             "--data-dir",
@@ -197,7 +187,7 @@ def test_bias_and_control_commands(model_dir, tmp_path):
             "eval",
             "crows-pairs",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--file",
             str(FIXTURES / "crows_pairs" / "crows_pairs_anonymized.csv"),
             "--out",
@@ -212,7 +202,7 @@ def test_bias_and_control_commands(model_dir, tmp_path):
             "eval",
             "control",
             "--model",
-            str(model_dir),
+            str(tiny_model_dir),
             "--tasks",
             "arc_easy,winogrande",
             "--data-dir",

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import torch
 
 import spectral_edit.evaluate.bbq as bbq_eval
 import spectral_edit.evaluate.crows_pairs as crows_eval
@@ -25,31 +23,9 @@ from spectral_edit.evaluate.crows_pairs import evaluate_crows_pairs
 from spectral_edit.evaluate.metrics import BBQPrediction, bbq_metrics
 from spectral_edit.evaluate.scorer import ChoiceRequest, ContinuationScore, score_requests
 
-from .tiny_models import make_tiny_model, make_tiny_tokenizer
+from .tiny_models import first_argmax
 
 DATA = Path(__file__).parent / "fixtures" / "data"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run far faster single-threaded on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return make_tiny_model("llama"), make_tiny_tokenizer()
-
-
-def _argmax(values: Sequence[float]) -> int:
-    best = 0
-    for i, v in enumerate(values):
-        if v > values[best]:
-            best = i
-    return best
 
 
 def _bbq(
@@ -80,8 +56,8 @@ def _bbq(
 # =========================================================================== BBQ scoring
 
 
-def test_bbq_predictions_follow_mean_logprob_of_the_scorer(lm) -> None:
-    model, tok = lm
+def test_bbq_predictions_follow_mean_logprob_of_the_scorer(tiny_llama) -> None:
+    model, tok = tiny_llama
     items = load_bbq_dir(DATA / "bbq" / "official")
     result = evaluate_bbq(model, tok, items, batch_size=2)
 
@@ -97,7 +73,7 @@ def test_bbq_predictions_follow_mean_logprob_of_the_scorer(lm) -> None:
     for k, (item, rec) in enumerate(zip(items, result.per_item, strict=True)):
         means = [s.mean_logprob for s in scores[3 * k : 3 * k + 3]]
         assert rec["scores"] == pytest.approx(means, abs=1e-4)
-        assert rec["predicted"] == _argmax(means)
+        assert rec["predicted"] == first_argmax(means)
         assert rec["n_tokens"] == [s.n_tokens for s in scores[3 * k : 3 * k + 3]]
         assert (rec["example_id"], rec["category"], rec["condition"], rec["label"]) == (
             item.example_id,
@@ -155,9 +131,9 @@ def test_bbq_uses_mean_not_sum(monkeypatch) -> None:
     ]
 
 
-def test_bbq_mean_vs_sum_on_a_real_model(lm) -> None:
+def test_bbq_mean_vs_sum_on_a_real_model(tiny_llama) -> None:
     """With the tiny model, find options where sum and mean disagree; mean must win."""
-    model, tok = lm
+    model, tok = tiny_llama
     candidates = [
         (" no", " the the the the the the", " yes"),
         (" a", " question of the answer is true", " false"),
@@ -168,17 +144,17 @@ def test_bbq_mean_vs_sum_on_a_real_model(lm) -> None:
         item = _bbq(answers=answers)
         ctx = f"{item.context}\nQ: {item.question}\nA:"
         scores = score_requests(model, tok, [ChoiceRequest(ctx, answers)])[0]
-        by_sum = _argmax([s.logprob for s in scores])
-        by_mean = _argmax([s.mean_logprob for s in scores])
+        by_sum = first_argmax([s.logprob for s in scores])
+        by_mean = first_argmax([s.mean_logprob for s in scores])
         if by_sum != by_mean:
             assert evaluate_bbq(model, tok, [item]).per_item[0]["predicted"] == by_mean
             return
     pytest.fail("no candidate separates sum from mean; add candidates")
 
 
-def test_bbq_rejects_empty(lm) -> None:
+def test_bbq_rejects_empty(tiny_llama) -> None:
     with pytest.raises(ValueError, match="no items"):
-        evaluate_bbq(*lm, [])
+        evaluate_bbq(*tiny_llama, [])
 
 
 # =========================================================================== BBQ split
@@ -266,8 +242,8 @@ def test_exclude_demo_groups() -> None:
 # =========================================================================== CrowS-Pairs
 
 
-def test_crows_pairs_follow_total_logprob_from_start_of_text(lm) -> None:
-    model, tok = lm
+def test_crows_pairs_follow_total_logprob_from_start_of_text(tiny_llama) -> None:
+    model, tok = tiny_llama
     pairs = load_crows_pairs(DATA / "crows_pairs" / "crows_pairs_anonymized.csv")
     result = evaluate_crows_pairs(model, tok, pairs, batch_size=1)
 

@@ -5,11 +5,9 @@ Tiny model, hand-written fixtures."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-import torch
 
 import spectral_edit.evaluate.control as control_eval
 from spectral_edit.data.control import ChoiceItem, GSM8KItem, load_control_task, load_gsm8k
@@ -22,32 +20,10 @@ from spectral_edit.evaluate.control import (
 )
 from spectral_edit.evaluate.scorer import ChoiceRequest, ContinuationScore, score_requests
 
-from .tiny_models import make_tiny_model, make_tiny_tokenizer
+from .tiny_models import first_argmax
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 GSM8K_FIXTURE = DATA / "eval_control" / "gsm8k_test.jsonl"  # 7 items
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run far faster single-threaded on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def lm():
-    return make_tiny_model("llama"), make_tiny_tokenizer()
-
-
-def _argmax(values: Sequence[float]) -> int:
-    best = 0
-    for i, v in enumerate(values):
-        if v > values[best]:
-            best = i
-    return best
 
 
 def _pair_logprobs(model, tok, item: ChoiceItem) -> list[float]:
@@ -73,18 +49,20 @@ def test_choice_requests_layout() -> None:
 
 
 @pytest.mark.parametrize("task", ["arc_easy", "mmlu"])
-def test_single_context_task_follows_scorer(lm, task) -> None:
-    model, tok = lm
+def test_single_context_task_follows_scorer(tiny_llama, task) -> None:
+    model, tok = tiny_llama
     items = load_control_task(task, DATA)
     result = evaluate_choice_task(model, tok, items, batch_size=2)
     correct = correct_norm = 0
     for item, rec in zip(items, result.per_item, strict=True):
         lls = _pair_logprobs(model, tok, item)
         assert rec["logprobs"] == pytest.approx(lls, abs=1e-4)
-        assert rec["predicted"] == _argmax(lls)
+        assert rec["predicted"] == first_argmax(lls)
         lengths = [len(c.removeprefix(" ")) for c in item.continuations]
         assert rec["lengths"] == lengths
-        assert rec["predicted_norm"] == _argmax([v / n for v, n in zip(lls, lengths, strict=True)])
+        assert rec["predicted_norm"] == first_argmax(
+            [v / n for v, n in zip(lls, lengths, strict=True)]
+        )
         correct += rec["predicted"] == item.gold
         correct_norm += rec["predicted_norm"] == item.gold
     assert result.summary["task"] == task
@@ -93,8 +71,8 @@ def test_single_context_task_follows_scorer(lm, task) -> None:
     assert result.summary["acc_norm"] == pytest.approx(100 * correct_norm / len(items))
 
 
-def test_multi_context_task_follows_scorer(lm) -> None:
-    model, tok = lm
+def test_multi_context_task_follows_scorer(tiny_llama) -> None:
+    model, tok = tiny_llama
     items = load_control_task("winogrande", DATA)
     assert all(len(i.contexts) == 2 for i in items)
     result = evaluate_choice_task(model, tok, items)
@@ -102,7 +80,7 @@ def test_multi_context_task_follows_scorer(lm) -> None:
     for item, rec in zip(items, result.per_item, strict=True):
         lls = _pair_logprobs(model, tok, item)
         assert rec["logprobs"] == pytest.approx(lls, abs=1e-4)
-        assert rec["predicted"] == _argmax(lls)
+        assert rec["predicted"] == first_argmax(lls)
         correct += rec["predicted"] == item.gold
     assert result.summary["acc"] == pytest.approx(100 * correct / len(items))
     assert result.summary["acc_norm"] is None
@@ -218,8 +196,8 @@ def test_gsm8k_limit_seed_and_errors(monkeypatch) -> None:
         evaluate_gsm8k(None, None, items, limit=-1)
 
 
-def test_gsm8k_runs_real_generation(lm) -> None:
-    model, tok = lm
+def test_gsm8k_runs_real_generation(tiny_llama) -> None:
+    model, tok = tiny_llama
     items = load_gsm8k(GSM8K_FIXTURE)[:3]
     result = evaluate_gsm8k(model, tok, items, n_shot=1, max_new_tokens=6, batch_size=2)
     assert result.summary["n"] == 2
@@ -241,8 +219,8 @@ def data_dir(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_evaluate_control_on_a_data_dir(lm, data_dir, monkeypatch) -> None:
-    model, tok = lm
+def test_evaluate_control_on_a_data_dir(tiny_llama, data_dir, monkeypatch) -> None:
+    model, tok = tiny_llama
     answers = {it.question: f" #### {it.final}" for it in load_gsm8k(GSM8K_FIXTURE)}
     monkeypatch.setattr(control_eval, "generate_greedy", _stub_generator(answers, []))
     out = evaluate_control(
@@ -262,8 +240,8 @@ def test_evaluate_control_on_a_data_dir(lm, data_dir, monkeypatch) -> None:
     assert out["average"]["acc"] == pytest.approx(mean)
 
 
-def test_evaluate_control_errors(lm, data_dir) -> None:
-    model, tok = lm
+def test_evaluate_control_errors(tiny_llama, data_dir) -> None:
+    model, tok = tiny_llama
     with pytest.raises(KeyError, match="nope"):
         evaluate_control(model, tok, ["arc_easy", "nope"], data_dir=data_dir)
     with pytest.raises(ValueError, match="twice"):

@@ -3,21 +3,9 @@
 import json
 import shutil
 
-import pytest
-
 from spectral_edit.jobs import StageStore, truthfulness_demo
 
-from .tiny_models import make_tiny_model, make_tiny_tokenizer
-
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-gemma3")
-    make_tiny_model("gemma3").save_pretrained(folder)
-    make_tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_stage_store_reuses_and_recomputes(tmp_path):
@@ -31,7 +19,7 @@ def test_stage_store_reuses_and_recomputes(tmp_path):
     assert store.run("s", {"a": 2}, compute) == {"value": 3}  # corrupt record: recompute
 
 
-def test_demo_job_with_halueval_then_resume(model_dir, tmp_path, monkeypatch):
+def test_demo_job_with_halueval_then_resume(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SEA_OFFLINE", "1")
     data = tmp_path / "data"
     (data / "halueval").mkdir(parents=True)
@@ -50,7 +38,7 @@ def test_demo_job_with_halueval_then_resume(model_dir, tmp_path, monkeypatch):
         mc_file="mc_task.json",
         batch_size=4,
     )
-    report = truthfulness_demo(str(model_dir), **options)
+    report = truthfulness_demo(str(tiny_model_dir), **options)
     assert report["n_demonstrations"] == 3 and "HaluEval" in report["demonstrations"]
     assert report["n_questions"] == 2
     for name in (
@@ -64,20 +52,20 @@ def test_demo_job_with_halueval_then_resume(model_dir, tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     assert "MC1" in (out / "report.md").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json*")}
-    again = truthfulness_demo(str(model_dir), **options)  # every stage is reused
+    again = truthfulness_demo(str(tiny_model_dir), **options)  # every stage is reused
     assert again["edited"] == report["edited"] and again["unedited"] == report["unedited"]
     assert (out / "eval_edited.json").stat().st_mtime_ns == stamps["eval_edited.json"]
     # a different strength-relevant option reruns the fit and the edited evaluation only
-    changed = truthfulness_demo(str(model_dir), **{**options, "pos_ratio": 0.5})
+    changed = truthfulness_demo(str(tiny_model_dir), **{**options, "pos_ratio": 0.5})
     assert (out / "eval_unedited.json").stat().st_mtime_ns == stamps["eval_unedited.json"]
     assert json.loads((out / "fit.json").read_text())["options"]["pos_ratio"] == 0.5
     assert changed["unedited"] == report["unedited"]
 
 
-def test_demo_job_falls_back_to_shipped_demos(model_dir, tmp_path, monkeypatch):
+def test_demo_job_falls_back_to_shipped_demos(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SEA_OFFLINE", "1")
     report = truthfulness_demo(
-        str(model_dir),
+        str(tiny_model_dir),
         out_dir=tmp_path / "run",
         data_dir=tmp_path,
         n_demos=5,

@@ -9,13 +9,11 @@ first column is an unnamed row index; other upstream columns (``id``, ``annotati
 
 from __future__ import annotations
 
-import csv
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataFormatError
+from .errors import DataFormatError, iter_csv_records
 
 __all__ = ["STEREO_VALUES", "CrowsPair", "load_crows_pairs"]
 
@@ -46,36 +44,8 @@ def load_crows_pairs(path: str | os.PathLike[str]) -> list[CrowsPair]:
             ``stereo``/``antistereo``; the message names the file and the row's first line.
     """
     p = Path(path)
-    try:
-        with open(p, encoding="utf-8-sig", newline="") as fh:
-            return _read(p, fh)
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(p, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    except csv.Error as exc:
-        raise DataFormatError(p, f"CSV syntax error: {exc}") from exc
-
-
-def _read(p: Path, fh: Iterable[str]) -> list[CrowsPair]:
-    reader = csv.reader(fh)
-    header = next(reader, None)
-    if header is None:
-        raise DataFormatError(p, "empty file (no header row)", 1)
-    header = [h.strip() for h in header]
-    missing = [c for c in _COLUMNS if c not in header]
-    if missing:
-        raise DataFormatError(p, f"header lacks column(s) {missing}; found {header}", 1)
-    col = {name: header.index(name) for name in _COLUMNS}
     pairs: list[CrowsPair] = []
-    start = reader.line_num + 1
-    for fields in reader:
-        line, start = start, reader.line_num + 1
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(fields) != len(header):
-            raise DataFormatError(
-                p, f"row has {len(fields)} fields, header has {len(header)}", line
-            )
-        values = {name: fields[i] for name, i in col.items()}
+    for line, values in iter_csv_records(p, _COLUMNS):
         for name, value in values.items():
             if not value.strip():
                 raise DataFormatError(p, f"column {name!r} is empty", line)

@@ -11,9 +11,10 @@ keep the per-dataset modules short and their error messages uniform.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,41 @@ def require_str_list(
             p, f"field {key!r} has {len(value)} entries, expected at least {min_len}", line
         )
     return tuple(value)
+
+
+def iter_csv_records(
+    path: str | os.PathLike[str], columns: Sequence[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(first line of the row, {column: raw value})`` for each non-blank CSV row.
+
+    Accepts a UTF-8 BOM and CRLF or LF line ends, quoted fields with commas and newlines,
+    and extra columns (ignored). Raises :class:`DataFormatError` naming the file (and
+    line) for invalid UTF-8, CSV syntax errors, an empty file, a header without one of
+    ``columns``, or a row whose field count differs from the header's.
+    """
+    p = Path(path)
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise DataFormatError(p, "empty file (no header row)", 1)
+            header = [h.strip() for h in header]
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise DataFormatError(p, f"header lacks column(s) {missing}; found {header}", 1)
+            index = {name: header.index(name) for name in columns}
+            start = reader.line_num + 1
+            for fields in reader:
+                line, start = start, reader.line_num + 1
+                if not fields or all(not f.strip() for f in fields):
+                    continue
+                if len(fields) != len(header):
+                    raise DataFormatError(
+                        p, f"row has {len(fields)} fields, header has {len(header)}", line
+                    )
+                yield line, {name: fields[i] for name, i in index.items()}
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(p, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except csv.Error as exc:
+        raise DataFormatError(p, f"CSV syntax error: {exc}") from exc

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 import platformdirs
 
+from .._atomic import sha256_file
 from .errors import ChecksumMismatch, DataFileMissing, DataFormatError, DownloadError
 
 __all__ = [
@@ -368,15 +369,6 @@ def resolve(
 
 
 # --------------------------------------------------------------------------- download
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -20,14 +20,13 @@ exactly one fold (409 + 408); for ``mc_task_v0.json`` 408 + 408 match and one v0
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFormatError, iter_json_array, require_str
+from .errors import DataFormatError, iter_csv_records, iter_json_array, require_str
 from .locate import resolve
 
 __all__ = [
@@ -190,36 +189,8 @@ def load_truthfulqa_csv(path: str | os.PathLike[str]) -> list[TruthfulQARow]:
             incorrect-answer list; the message names the file and the row's first line.
     """
     p = Path(path)
-    try:
-        with open(p, encoding="utf-8-sig", newline="") as fh:
-            return _read_tqa_rows(p, fh)
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(p, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    except csv.Error as exc:
-        raise DataFormatError(p, f"CSV syntax error: {exc}") from exc
-
-
-def _read_tqa_rows(p: Path, fh: Iterable[str]) -> list[TruthfulQARow]:
-    reader = csv.reader(fh)
-    header = next(reader, None)
-    if header is None:
-        raise DataFormatError(p, "empty file (no header row)", 1)
-    header = [h.strip() for h in header]
-    missing = [c for c in _CSV_COLUMNS if c not in header]
-    if missing:
-        raise DataFormatError(p, f"header lacks column(s) {missing}; found {header}", 1)
-    col = {name: header.index(name) for name in _CSV_COLUMNS}
     rows: list[TruthfulQARow] = []
-    start = reader.line_num + 1
-    for fields in reader:
-        line, start = start, reader.line_num + 1
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(fields) != len(header):
-            raise DataFormatError(
-                p, f"row has {len(fields)} fields, header has {len(header)}", line
-            )
-        get = {name: fields[i] for name, i in col.items()}
+    for line, get in iter_csv_records(p, _CSV_COLUMNS):
         row = TruthfulQARow(
             type=get["Type"].strip(),
             category=get["Category"].strip(),

@@ -38,7 +38,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.bbq import BBQItem, biased_index, unknown_index
-from .metrics import BBQPrediction, bbq_metrics
+from .metrics import BBQPrediction, argmax_first, bbq_metrics
 from .scorer import ChoiceRequest, score_requests
 
 __all__ = [
@@ -85,11 +85,6 @@ class BBQResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _first_argmax(values: Sequence[float]) -> int:
-    """Index of the largest value; the first one wins a tie."""
-    return max(range(len(values)), key=values.__getitem__)
-
-
 def evaluate_bbq(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -127,7 +122,7 @@ def evaluate_bbq(
         pred = BBQPrediction(
             category=item.category,
             context_condition=item.context_condition,
-            predicted=_first_argmax(means),
+            predicted=argmax_first(means),
             label=item.label,
             unknown_index=unknown_index(item),
             biased_index=biased_index(item),

@@ -34,7 +34,13 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.control import CONTROL_TASKS, ChoiceItem, GSM8KItem, load_control_task
 from ..generation import generate_greedy
-from .metrics import choice_accuracy, choice_lengths, extract_final_number, gsm8k_exact_match
+from .metrics import (
+    argmax_first,
+    choice_accuracy,
+    choice_lengths,
+    extract_final_number,
+    gsm8k_exact_match,
+)
 from .scorer import ChoiceRequest, score_requests
 
 __all__ = [
@@ -96,10 +102,6 @@ def _choice_text(continuation: str) -> str:
     return continuation[1:] if continuation.startswith(" ") else continuation
 
 
-def _first_argmax(values: Sequence[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)
-
-
 def evaluate_choice_task(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -143,7 +145,7 @@ def evaluate_choice_task(
     for i, (item, where) in enumerate(zip(items, index, strict=True)):
         scores = [scored[r][0] for r in where] if is_multi else scored[where[0]]
         lls = [s.logprob for s in scores]
-        predicted = _first_argmax(lls)
+        predicted = argmax_first(lls)
         record: dict[str, Any] = {
             "index": i,
             "gold": item.gold,
@@ -154,7 +156,7 @@ def evaluate_choice_task(
         }
         if not is_multi:
             lengths = choice_lengths([_choice_text(c) for c in item.continuations])
-            predicted_norm = _first_argmax([ll / n for ll, n in zip(lls, lengths, strict=True)])
+            predicted_norm = argmax_first([ll / n for ll, n in zip(lls, lengths, strict=True)])
             record.update(
                 lengths=lengths,
                 predicted_norm=predicted_norm,

@@ -40,7 +40,7 @@ __all__ = [
 # ============================================================================ helpers
 
 
-def _argmax_first(values: Sequence[float]) -> int:
+def argmax_first(values: Sequence[float]) -> int:
     """Index of the largest value; the first one wins a tie (like ``numpy.argmax``)."""
     best = 0
     for i in range(1, len(values)):
@@ -121,7 +121,7 @@ def mc_scores(
     l1 = _check_labels("mc1_labels", mc1_labels, len(s1))
     if sum(l1) != 1:
         raise ValueError(f"mc1_labels must contain exactly one 1, got {l1}")
-    mc1 = 1.0 if _argmax_first(s1) == l1.index(1) else 0.0
+    mc1 = 1.0 if argmax_first(s1) == l1.index(1) else 0.0
 
     s2 = _check_scores("mc2_logprobs", mc2_logprobs)
     l2 = _check_labels("mc2_labels", mc2_labels, len(s2))
@@ -397,7 +397,7 @@ def choice_accuracy(
         lls = _check_scores(f"logprobs_per_item[{i}]", raw)
         if not 0 <= int(gold) < len(lls):
             raise ValueError(f"golds[{i}] = {gold} is out of range for {len(lls)} choices")
-        correct += _argmax_first(lls) == int(gold)
+        correct += argmax_first(lls) == int(gold)
         if lengths is not None:
             lens = [int(v) for v in lengths[i]]
             if len(lens) != len(lls):
@@ -405,7 +405,7 @@ def choice_accuracy(
             if min(lens) <= 0:
                 raise ValueError(f"lengths[{i}] = {lens}: every length must be > 0")
             normed = [ll / n for ll, n in zip(lls, lens, strict=True)]
-            correct_norm += _argmax_first(normed) == int(gold)
+            correct_norm += argmax_first(normed) == int(gold)
     n = len(logprobs_per_item)
     return {
         "n": n,

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ..progress import progress_bar
 from ..tokens import (
     accepts_position_ids,
     cache_kwargs,
@@ -111,6 +111,37 @@ class _Runner:
         return out.last_hidden_state, output_cache(out)
 
 
+@dataclass
+class _Prefix:
+    """The shared prefix: its ids, KV cache and final hidden state ``(1, d)``."""
+
+    ids: list[int]
+    cache: object = None
+    last: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, run: _Runner, tokenizer, text: str | None) -> _Prefix:
+        if not text:
+            return cls([])
+        ids = encode(tokenizer, text)
+        hidden, cache = run(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), None, 0)
+        return cls(ids, cache, hidden[:, -1])
+
+    def split(self, context_ids: list[int]) -> tuple[bool, list[int]]:
+        """Whether ``context_ids`` start with the prefix, and the ids after it (or all)."""
+        shared = bool(self.ids) and context_ids[: len(self.ids)] == self.ids
+        return shared, context_ids[len(self.ids) :] if shared else context_ids
+
+
+def _encode_request(tokenizer, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
+    """(context ids, one id list per continuation); a continuation must have tokens."""
+    pairs = [encode_pair(tokenizer, request.context, c) for c in request.continuations]
+    if any(not target for _, target in pairs):
+        raise ValueError(f"a continuation of {request.context[-60:]!r} encodes to no tokens")
+    context_ids = pairs[0][0] if pairs else encode_pair(tokenizer, request.context, "")[0]
+    return context_ids, [target for _, target in pairs]
+
+
 def _expand(cache, repeats: int):
     cache = copy.deepcopy(cache)
     if cache is not None and repeats > 1:
@@ -143,58 +174,23 @@ def score_requests(
     if share_contexts is None:
         share_contexts = run.device.type == "cpu"
     pad = pad_id_of(tokenizer)
-    prefix_ids: list[int] = []
-    prefix_cache = None
-    prefix_last: torch.Tensor | None = None
-    if shared_prefix:
-        prefix_ids = encode(tokenizer, shared_prefix)
-        hidden, prefix_cache = run(
-            torch.tensor([prefix_ids]), torch.ones(1, len(prefix_ids), dtype=torch.long), None, 0
-        )
-        prefix_last = hidden[:, -1]
+    prefix = _Prefix.build(run, tokenizer, shared_prefix)
     if not share_contexts:
-        return _score_packed(
-            model,
-            run,
-            tokenizer,
-            requests,
-            prefix_ids,
-            prefix_cache,
-            prefix_last,
-            pad,
-            batch_size,
-            progress,
-        )
+        return _score_packed(model, run, tokenizer, requests, prefix, pad, batch_size, progress)
     results: list[list[ContinuationScore]] = []
-    bar = tqdm(
-        total=len(requests),
-        desc=progress if isinstance(progress, str) else "score",
-        disable=not progress,
-        unit="req",
-    )
+    bar = progress_bar(len(requests), progress, "score", "req")
     for request in requests:
-        pairs = [encode_pair(tokenizer, request.context, c) for c in request.continuations]
-        context_ids = pairs[0][0] if pairs else []
-        targets = [cont for _, cont in pairs]
-        if any(len(t) == 0 for t in targets):
-            raise ValueError(f"a continuation of {request.context[-60:]!r} encodes to no tokens")
-        shared = bool(prefix_ids) and context_ids[: len(prefix_ids)] == prefix_ids
-        if shared:
-            past, past_len, rest = (
-                copy.deepcopy(prefix_cache),
-                len(prefix_ids),
-                context_ids[len(prefix_ids) :],
-            )
-        else:
-            past, past_len, rest = None, 0, context_ids
+        context_ids, targets = _encode_request(tokenizer, request)
+        shared, rest = prefix.split(context_ids)
+        past = copy.deepcopy(prefix.cache) if shared else None
+        past_len = len(prefix.ids) if shared else 0
         if rest:
-            hidden, past = run(
-                torch.tensor([rest]), torch.ones(1, len(rest), dtype=torch.long), past, past_len
-            )
+            ones = torch.ones(1, len(rest), dtype=torch.long)
+            hidden, past = run(torch.tensor([rest]), ones, past, past_len)
             last = hidden[:, -1]
             past_len += len(rest)
         else:
-            last = prefix_last
+            last = prefix.last
         scores: list[ContinuationScore] = []
         for start in range(0, len(targets), batch_size):
             chunk = targets[start : start + batch_size]
@@ -210,10 +206,8 @@ def _score_packed(
     run: _Runner,
     tokenizer,
     requests,
-    prefix_ids,
-    prefix_cache,
-    prefix_last,
-    pad,
+    prefix: _Prefix,
+    pad: int,
     batch_size: int,
     progress: bool | str,
 ) -> list[list[ContinuationScore]]:
@@ -222,28 +216,18 @@ def _score_packed(
     Each sequence runs on a copy of the prefix cache (or from scratch when its context does
     not start with the prefix); the LM head sees only continuation-predicting positions.
     """
-    items = []  # (request, choice, tokens, first predicting position, n continuation tokens)
+    items = []  # (request, choice, shared, tokens, last context position, n target tokens)
     for r, request in enumerate(requests):
-        for c, continuation in enumerate(request.continuations):
-            context_ids, target = encode_pair(tokenizer, request.context, continuation)
-            if not target:
-                raise ValueError(
-                    f"a continuation of {request.context[-60:]!r} encodes to no tokens"
-                )
-            shared = bool(prefix_ids) and context_ids[: len(prefix_ids)] == prefix_ids
-            rest = context_ids[len(prefix_ids) :] if shared else context_ids
+        context_ids, targets = _encode_request(tokenizer, request)
+        shared, rest = prefix.split(context_ids)
+        for c, target in enumerate(targets):
             items.append((r, c, shared, rest + target, len(rest) - 1, len(target)))
     results: list[list[ContinuationScore | None]] = [
         [None] * len(request.continuations) for request in requests
     ]
     # group by (shared, length) so batches are dense and share one kind of past
     order = sorted(range(len(items)), key=lambda i: (items[i][2], len(items[i][3])))
-    bar = tqdm(
-        total=len(items),
-        desc=progress if isinstance(progress, str) else "score",
-        disable=not progress,
-        unit="seq",
-    )
+    bar = progress_bar(len(items), progress, "score", "seq")
     start = 0
     while start < len(order):
         kind = items[order[start]][2]
@@ -256,13 +240,13 @@ def _score_packed(
             tokens = items[i][3]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        past, past_len = (_expand(prefix_cache, len(rows)), len(prefix_ids)) if kind else (None, 0)
+        past, past_len = (_expand(prefix.cache, len(rows)), len(prefix.ids)) if kind else (None, 0)
         hidden, _ = run(ids, mask, past, past_len)
         predictors, targets = [], []
         for row, i in enumerate(rows):
             _, _, _, tokens, first, n = items[i]
             if first < 0:  # the context is exactly the prefix: its last state predicts
-                predictors.append(torch.cat([prefix_last, hidden[row, : n - 1]]))
+                predictors.append(torch.cat([prefix.last, hidden[row, : n - 1]]))
             else:
                 predictors.append(hidden[row, first : first + n])
             targets.extend(tokens[first + 1 :])
