@@ -154,7 +154,9 @@ def generate(
     editor: EditorOpt = None,
     alpha: Annotated[float | None, typer.Option(help="Override the editor's strength.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 48,
-    stop: Annotated[list[str] | None, typer.Option(help="Stop strings.")] = None,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop strings (default: blank line, next Q:).")
+    ] = None,
     batch_size: BatchOpt = 8,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
@@ -162,11 +164,11 @@ def generate(
     """Greedy continuations, unedited and (with --editor) edited, side by side."""
     from rich.table import Table
 
-    from .generation import generate_greedy
+    from .generation import ANSWER_STOPS, generate_greedy
 
     lm, tokenizer = _load(model, dtype, device_map)
     prompts = [p.encode().decode("unicode_escape") if "\\n" in p else p for p in prompts]
-    stops = tuple(stop) if stop else ("\n\n",)
+    stops = tuple(stop) if stop else ANSWER_STOPS
     options = {"max_new_tokens": max_new_tokens, "stops": stops, "batch_size": batch_size}
     plain = generate_greedy(lm, tokenizer, prompts, **options)
     table = Table(show_lines=True)
