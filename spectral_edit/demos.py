@@ -159,30 +159,20 @@ def capture_demos(
         "batch_size": batch_size,
         "layer_path": layer_path,
     }
-    return DemoActivations(
-        neutral=capture(
+    answers = {
+        "neutral": neutral_texts,
+        "positive": [answer_text(d.positive) for d in demos],
+        "negative": [answer_text(d.negative) for d in demos],
+    }
+    captured = {
+        kind: capture(
             model,
             tokenizer,
             prompts,
-            neutral_texts,
+            texts,
             **options,
-            progress="neutral activations" if progress else False,
-        ),
-        positive=capture(
-            model,
-            tokenizer,
-            prompts,
-            [answer_text(d.positive) for d in demos],
-            **options,
-            progress="positive activations" if progress else False,
-        ),
-        negative=capture(
-            model,
-            tokenizer,
-            prompts,
-            [answer_text(d.negative) for d in demos],
-            **options,
-            progress="negative activations" if progress else False,
-        ),
-        layers=tuple(layers),
-    )
+            progress=f"{kind} activations" if progress else False,
+        )
+        for kind, texts in answers.items()
+    }
+    return DemoActivations(**captured, layers=tuple(layers))
