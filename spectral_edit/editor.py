@@ -15,29 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ._atomic import atomic_path
+from .editor_file import EditorFileError, check_fits, read_editor_file, write_editor_file
 from .features import FEATURE_NAMES, get_feature_map
 from .hooks import HookHandle, add_hooks
-from .layers import SITES, find_decoder_layers, hidden_size_of, site_modules
+from .layers import SITES, site_modules
 from .spectral import MERGES, dense_projections, spectral_edit
 
 FORMAT_NAME = "spectral-edit/sea"
 FORMAT_VERSION = 1
-
-
-class EditorFileError(ValueError):
-    """An editor file is unreadable, corrupted, or does not fit the model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,16 +152,7 @@ class SpectralEditor:
     # ----------------------------------------------------------------- application
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`EditorFileError` if the editor does not fit ``model``."""
-        hidden = hidden_size_of(model)
-        blocks = len(find_decoder_layers(model, self.layer_path))
-        if hidden != self.hidden_size:
-            raise EditorFileError(
-                f"editor is for hidden size {self.hidden_size}, the model has {hidden}"
-            )
-        if blocks != self.num_layers:
-            raise EditorFileError(
-                f"editor is for a model with {self.num_layers} layers, this one has {blocks}"
-            )
+        check_fits(model, self.hidden_size, self.num_layers, self.layer_path)
 
     def attach(self, model: nn.Module) -> HookHandle:
         """Edit ``model`` until ``handle.remove()``; factors follow each layer's device/dtype."""
@@ -231,33 +214,13 @@ class SpectralEditor:
 
     def save(self, path: str | Path) -> Path:
         """Write the editor to one ``.safetensors`` file, atomically."""
-        path = Path(path)
-        tensors = self._tensors()
-        header = self._header()
-        header["content_sha256"] = _content_hash(tensors, header)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"spectral_edit": json.dumps(header)})
-        return path
+        return write_editor_file(path, self._tensors(), self._header())
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> SpectralEditor:
         """Read and validate an editor file; with ``model``, also check it fits the model."""
         path = Path(path)
-        if not path.is_file():
-            raise EditorFileError(f"{path}: no such editor file")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                raw = (handle.metadata() or {}).get("spectral_edit")
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as error:
-            raise EditorFileError(f"{path}: not a readable safetensors file ({error})") from error
-        if raw is None:
-            raise EditorFileError(f"{path}: no spectral_edit metadata; not an editor file")
-        try:
-            header = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise EditorFileError(f"{path}: editor metadata is not valid JSON ({error})") from error
+        header, tensors = read_editor_file(path, FORMAT_NAME, FORMAT_VERSION, _REQUIRED)
         editor = _from_header(path, header, tensors)
         if model is not None:
             try:
@@ -267,45 +230,10 @@ class SpectralEditor:
         return editor
 
 
-def _content_hash(tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256()
-    options = {k: v for k, v in header.items() if k != "content_sha256"}
-    digest.update(json.dumps(options, sort_keys=True).encode())
-    for name in sorted(tensors):
-        tensor = tensors[name].to(torch.float32).contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
-_REQUIRED = (
-    "format",
-    "format_version",
-    "layers",
-    "hidden_size",
-    "num_layers",
-    "site",
-    "merge",
-    "alpha",
-    "feature",
-    "content_sha256",
-)
+_REQUIRED = ("layers", "hidden_size", "num_layers", "site", "merge", "alpha", "feature")
 
 
 def _from_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> SpectralEditor:
-    if not isinstance(header, dict):
-        raise EditorFileError(f"{path}: editor metadata must be a JSON object")
-    missing = [key for key in _REQUIRED if key not in header]
-    if missing:
-        raise EditorFileError(f"{path}: editor metadata lacks {', '.join(missing)}")
-    if header["format"] != FORMAT_NAME:
-        raise EditorFileError(f"{path}: format {header['format']!r} is not {FORMAT_NAME!r}")
-    if header["format_version"] != FORMAT_VERSION:
-        raise EditorFileError(
-            f"{path}: format version {header['format_version']} is not supported "
-            f"(this library reads version {FORMAT_VERSION})"
-        )
     if header["feature"] not in FEATURE_NAMES:
         raise EditorFileError(f"{path}: unknown feature map {header['feature']!r}")
     expected = {f"layer.{layer}.{kind}" for layer in header["layers"] for kind in ("pos", "neg")}
@@ -313,8 +241,6 @@ def _from_header(path: Path, header: Any, tensors: dict[str, torch.Tensor]) -> S
         raise EditorFileError(
             f"{path}: tensors {sorted(tensors)} do not match layers {header['layers']}"
         )
-    if _content_hash(tensors, header) != header["content_sha256"]:
-        raise EditorFileError(f"{path}: content hash mismatch; the file is corrupted or edited")
     scales = header.get("feature_scales")
     edit_layers = header.get("edit_layers")
     try:
