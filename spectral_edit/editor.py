@@ -13,19 +13,19 @@ File format (one ``.safetensors`` file): tensors ``layer.{l}.pos`` / ``layer.{l}
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .editor_file import EditorFileError, check_fits, read_editor_file, write_editor_file
+from .editor_base import EditorBase
+from .editor_file import EditorFileError, read_editor_file, write_editor_file
 from .features import FEATURE_NAMES, get_feature_map
-from .hooks import HookHandle, add_hooks
-from .layers import SITES, site_modules
+from .hooks import HookHandle
+from .layers import SITES
 from .spectral import MERGES, dense_projections, spectral_edit
 
 FORMAT_NAME = "spectral-edit/sea"
@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class SpectralEditor:
+class SpectralEditor(EditorBase):
     """Immutable SEA editor (see module docstring for shapes)."""
 
     layers: tuple[int, ...]
@@ -136,13 +136,22 @@ class SpectralEditor:
             neg_factors=tuple(f.to(device=device, dtype=dtype) for f in self.neg_factors),
         )
 
-    def edit(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        """The edited activations ``(..., d)`` of ``layer`` (pure function, no hooks)."""
-        pos, neg = self.factors(layer)
+    def edit(
+        self,
+        hidden: torch.Tensor,
+        layer: int,
+        factors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The edited activations ``(..., d)`` of ``layer`` (pure function, no hooks).
+
+        ``factors``: the layer's ``(U+, U-)`` already on ``hidden``'s device (the hooks
+        pass cached copies); default: moved from the editor on each call.
+        """
+        pos, neg = factors or (f.to(hidden.device) for f in self.factors(layer))
         return spectral_edit(
             hidden,
-            pos.to(hidden.device),
-            neg.to(hidden.device),
+            pos,
+            neg,
             merge=self.merge,
             alpha=self.alpha,
             feature=get_feature_map(self.feature),
@@ -150,41 +159,17 @@ class SpectralEditor:
         )
 
     # ----------------------------------------------------------------- application
-    def check_model(self, model: nn.Module) -> None:
-        """Raise :class:`EditorFileError` if the editor does not fit ``model``."""
-        check_fits(model, self.hidden_size, self.num_layers, self.layer_path)
-
     def attach(self, model: nn.Module) -> HookHandle:
         """Edit ``model`` until ``handle.remove()``; factors follow each layer's device/dtype."""
-        self.check_model(model)
-        layers = self.active_layers
-        modules = site_modules(model, layers, self.site, self.layer_path)
-        feature = get_feature_map(self.feature)
         placed: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
         def hook(layer: int, hidden: torch.Tensor) -> torch.Tensor:
             key = (layer, hidden.device)
             if key not in placed:
-                pos, neg = self.factors(layer)
-                placed[key] = (pos.to(hidden.device), neg.to(hidden.device))
-            pos, neg = placed[key]
-            return spectral_edit(
-                hidden,
-                pos,
-                neg,
-                merge=self.merge,
-                alpha=self.alpha,
-                feature=feature,
-                scale=self.scale(layer),
-            )
+                placed[key] = tuple(f.to(hidden.device) for f in self.factors(layer))
+            return self.edit(hidden, layer, placed[key])
 
-        return add_hooks(modules, hook)
-
-    @contextlib.contextmanager
-    def apply(self, model: nn.Module) -> Iterator[nn.Module]:
-        """``with editor.apply(model): ...`` edits the model inside the block only."""
-        with self.attach(model):
-            yield model
+        return self._hook(model, self.active_layers, hook)
 
     # ------------------------------------------------------------------- file I/O
     def _header(self) -> dict[str, Any]:

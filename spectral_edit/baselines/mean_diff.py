@@ -8,9 +8,8 @@ the site becomes ``h + α v_l``; ``α = 0`` is the unedited model.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..editor_file import EditorFileError, check_fits, read_editor_file, write_editor_file
-from ..hooks import HookHandle, add_hooks
-from ..layers import SITES, site_modules
+from ..editor_base import EditorBase
+from ..editor_file import EditorFileError, read_editor_file, write_editor_file
+from ..hooks import HookHandle
+from ..layers import SITES
 
 FORMAT_NAME = "spectral-edit/mean-diff"
 FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class MeanDifferenceEditor:
+class MeanDifferenceEditor(EditorBase):
     """Immutable steering-vector editor: one ``(d,)`` vector per layer."""
 
     layers: tuple[int, ...]
@@ -97,22 +97,9 @@ class MeanDifferenceEditor:
         vector = self.vectors[self.layers.index(layer)]
         return hidden + (self.alpha * vector).to(device=hidden.device, dtype=hidden.dtype)
 
-    def check_model(self, model: nn.Module) -> None:
-        check_fits(model, self.hidden_size, self.num_layers, self.layer_path)
-
     def attach(self, model: nn.Module) -> HookHandle:
         """Steer ``model`` until ``handle.remove()``."""
-        self.check_model(model)
-        return add_hooks(
-            site_modules(model, self.layers, self.site, self.layer_path),
-            lambda layer, hidden: self.edit(hidden, layer),
-        )
-
-    @contextlib.contextmanager
-    def apply(self, model: nn.Module) -> Iterator[nn.Module]:
-        """``with editor.apply(model): ...`` steers the model inside the block only."""
-        with self.attach(model):
-            yield model
+        return self._hook(model, self.layers, lambda layer, hidden: self.edit(hidden, layer))
 
     def save(self, path: str | Path) -> Path:
         """Write the editor to one ``.safetensors`` file, atomically."""
