@@ -1,4 +1,5 @@
-"""Record activations at a site of chosen layers, for padded batches of texts.
+"""Record activations at a site of chosen layers (or at any modules inside them, e.g. the
+input of the attention output projection), for padded batches of texts.
 
 The forward pass stops right after the deepest layer that is needed (the LM head and
 later layers are never run), and each sequence's activation is read at its own last
@@ -9,18 +10,21 @@ not change the result.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .hooks import hooked
+from .hooks import HookSite, hooked
 from .layers import site_modules
 from .progress import progress_bar
 from .tokens import encode_pair, model_inputs, pad_batch, pad_id_of
 
 TOKEN_CHOICES = ("last", "mean")
+CAPTURE_ON = ("input", "output")
+"""Where :func:`capture_modules` reads a module: its first input or its output."""
 
 
 class _StopForward(Exception):
@@ -57,17 +61,94 @@ def capture(
     Returns:
         float32 tensor ``(N, L, d)`` on the CPU, in the order of ``contexts``.
     """
-    if token not in TOKEN_CHOICES:
-        raise ValueError(f"token must be one of {TOKEN_CHOICES}, not {token!r}")
-    if continuations is None:
-        continuations = [""] * len(contexts)
-    if len(continuations) != len(contexts):
-        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+    continuations = _checked_continuations(contexts, continuations, token)
     layers = list(layers)
     if not layers:
         raise ValueError("capture needs at least one layer")
     modules = site_modules(model, layers, site, layer_path)
-    stop_layer = max(layers)
+    return _capture(
+        model,
+        tokenizer,
+        contexts,
+        continuations,
+        modules=modules,
+        keys=layers,
+        on="output",
+        token=token,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        layer_path=layer_path,
+        progress=progress,
+    )
+
+
+@torch.no_grad()
+def capture_modules(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    continuations: Sequence[str] | None = None,
+    *,
+    modules: Mapping[int, nn.Module],
+    on: Literal["input", "output"] = "input",
+    token: str = "last",
+    batch_size: int = 8,
+    padding_side: str = "right",
+    layer_path: str | None = None,
+    progress: bool | str = False,
+) -> torch.Tensor:
+    """Like :func:`capture`, but read at any modules inside the decoder layers.
+
+    Args:
+        modules: layer index → a module run inside that decoder layer (e.g. the attention
+            output projection from :func:`~spectral_edit.layers.attention_output_modules`);
+            the forward pass stops after the deepest of these layers.
+        on: ``"input"`` = the module's first positional input (a forward pre-hook);
+            ``"output"`` = its output's hidden-state tensor.
+
+    Returns:
+        float32 tensor ``(N, M, w)`` on the CPU (``M = len(modules)``, in the mapping's
+        order; ``w`` the width read there), rows in the order of ``contexts``.
+    """
+    continuations = _checked_continuations(contexts, continuations, token)
+    if on not in CAPTURE_ON:
+        raise ValueError(f"on must be one of {CAPTURE_ON}, not {on!r}")
+    if not modules:
+        raise ValueError("capture_modules needs at least one module")
+    return _capture(
+        model,
+        tokenizer,
+        contexts,
+        continuations,
+        modules=modules,
+        keys=list(modules),
+        on=on,
+        token=token,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        layer_path=layer_path,
+        progress=progress,
+    )
+
+
+def _capture(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    modules: Mapping[int, nn.Module],
+    keys: Sequence[int],
+    on: HookSite,
+    token: str,
+    batch_size: int,
+    padding_side: str,
+    layer_path: str | None,
+    progress: bool | str,
+) -> torch.Tensor:
+    """Record ``modules`` (keyed by decoder layer index) at ``on``; stack them in the
+    order of ``keys`` → ``(N, len(keys), w)``."""
+    stop_layer = max(keys)
     deepest_site = site_modules(model, [stop_layer], "residual", layer_path)[stop_layer]
 
     encoded = [encode_pair(tokenizer, c, a) for c, a in zip(contexts, continuations, strict=True)]
@@ -93,19 +174,32 @@ def capture(
             raise _StopForward
 
         with (
-            hooked(modules, record),
+            hooked(modules, record, on=on),
             hooked({stop_layer: deepest_site}, stop),
             contextlib.suppress(_StopForward),
         ):
             model(**model_inputs(model, ids, mask, positions), use_cache=False)
-        batch = torch.stack([recorded[layer] for layer in layers], dim=1)
+        batch = torch.stack([recorded[key] for key in keys], dim=1)
         if result is None:
-            result = torch.empty((len(sequences), len(layers), batch.shape[-1]))
+            result = torch.empty((len(sequences), len(keys), batch.shape[-1]))
         result[rows] = batch
         bar.update(len(rows))
     bar.close()
     assert result is not None
     return result
+
+
+def _checked_continuations(
+    contexts: Sequence[str], continuations: Sequence[str] | None, token: str
+) -> Sequence[str]:
+    """Validate ``token`` and the pairing; ``None`` continuations become empty strings."""
+    if token not in TOKEN_CHOICES:
+        raise ValueError(f"token must be one of {TOKEN_CHOICES}, not {token!r}")
+    if continuations is None:
+        continuations = [""] * len(contexts)
+    if len(continuations) != len(contexts):
+        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+    return continuations
 
 
 def _read_spans(

@@ -59,10 +59,11 @@ def _load(model: str, dtype: str | None, device_map: str | None):
 
 
 def _load_editor(path: Path, model, alpha: float | None = None):
-    from .editor import EditorFileError, SpectralEditor
+    from .editor_file import EditorFileError
+    from .editors import load_editor
 
     try:
-        editor = SpectralEditor.load(path, model)
+        editor = load_editor(path, model)
     except EditorFileError as error:
         raise _fail(str(error)) from None
     return editor if alpha is None else editor.with_options(alpha=alpha)
@@ -194,12 +195,16 @@ def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file."
     from rich.table import Table
 
     from .editor import EditorFileError, SpectralEditor
+    from .editors import load_editor
     from .report import RANK_HEADERS, print_table, ranks_rows
 
     try:
-        sea = SpectralEditor.load(editor)
+        sea = load_editor(editor)
     except EditorFileError as error:
         raise _fail(str(error)) from None
+    if not isinstance(sea, SpectralEditor):
+        _print_baseline_info(editor, sea)
+        return
     meta = dict(sea.metadata)
     table = Table(title=str(editor), show_header=False)
     rows = {
@@ -221,6 +226,26 @@ def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file."
         table.add_row(key, str(value))
     console.print(table)
     print_table("ranks and signature per layer", RANK_HEADERS, ranks_rows(meta), console)
+
+
+def _print_baseline_info(path: Path, editor) -> None:
+    """A baseline editor's options and its scalar metadata."""
+    from dataclasses import fields
+
+    from rich.table import Table
+
+    table = Table(title=f"{path} ({type(editor).__name__})", show_header=False)
+    for f in fields(editor):
+        value = getattr(editor, f.name)
+        if f.name == "metadata":
+            for key, item in value.items():
+                if isinstance(item, (str, int, float, bool)) or item is None:
+                    table.add_row(key, str(item))
+        elif isinstance(value, (str, int, float)) or value is None:
+            table.add_row(f.name, str(value))
+        elif isinstance(value, tuple) and all(isinstance(v, (int, str)) for v in value):
+            table.add_row(f.name, ",".join(map(str, value)))
+    console.print(table)
 
 
 # --------------------------------------------------------------------------- demos
@@ -499,6 +524,96 @@ def eval_control(
         for name, s in result["tasks"].items()
     ]
     print_table("control tasks", ["task", "n", "acc / EM", "acc_norm"], rows, console)
+
+
+# ---------------------------------------------------------------------------- compare
+@app.command()
+def compare(
+    model: ModelOpt = DEFAULT_MODEL,
+    demos: Annotated[
+        Path | None,
+        typer.Option(help="Demonstrations file (default: HaluEval, see --n-demos)."),
+    ] = None,
+    n_demos: Annotated[
+        int, typer.Option("--n-demos", help="HaluEval demonstrations when --demos is not given.")
+    ] = 100,
+    methods: Annotated[
+        str, typer.Option(help="Comma list of methods.")
+    ] = "none,sea,phi-sea,mean-diff,pca-vector,iti,leace,lora,dola",
+    per_fold: Annotated[
+        int | None,
+        typer.Option("--per-fold", help="TruthfulQA questions per fold (default: all)."),
+    ] = None,
+    mc_file: Annotated[
+        str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
+    ] = "mc_task_v0.json",
+    control_tasks: Annotated[
+        str, typer.Option(help="Comma list of control tasks.")
+    ] = "arc_easy,arc_challenge,piqa,openbook_qa,commonsense_qa,winogrande,boolq,mmlu",
+    control_limit: Annotated[
+        int | None, typer.Option(help="Items per control task (0 = all).")
+    ] = 50,
+    neutral: Annotated[str, typer.Option(help="SEA neutral answers: generate or prompt.")] = (
+        "generate"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed for demonstrations and fitting.")] = 0,
+    out: Annotated[Path, typer.Option(help="Report folder (reruns resume).")] = Path(
+        "runs/compare"
+    ),
+    batch_size: BatchOpt = 16,
+    data_dir: DataDirOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Every method on the same demonstrations and questions, tuned on one TruthfulQA fold
+    and reported on the other, with control tasks: report.md, report.json and a plot."""
+    from .compare import CompareOptions, run_compare
+    from .data import DataFileMissing, DataFormatError, load_fold, load_mc_task, resolve
+    from .data.truthfulqa import split_mc_by_fold
+    from .demos import DemoFormatError, read_demos
+    from .jobs import load_truthfulness_demos
+    from .methods import parse_methods
+
+    try:
+        names = parse_methods(methods)
+        questions = load_mc_task(resolve(f"truthfulqa/{mc_file}", data_dir))
+        folds = {
+            fold: split_mc_by_fold(questions, load_fold(fold, data_dir))[:per_fold]
+            for fold in (1, 2)
+        }
+        demo_list = (
+            read_demos(demos)
+            if demos is not None
+            else load_truthfulness_demos(n_demos, data_dir, seed, console)[0]
+        )
+    except (DataFileMissing, DataFormatError, DemoFormatError, ValueError) as error:
+        raise _data_error(error) from None
+    options = CompareOptions(
+        methods=tuple(names),
+        control_tasks=tuple(t.strip() for t in control_tasks.split(",") if t.strip()),
+        control_limit=control_limit or None,
+        neutral=neutral,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    lm, tokenizer = _load(model, dtype, device_map)
+    report = run_compare(
+        lm,
+        tokenizer,
+        demo_list,
+        folds,
+        options,
+        out,
+        data_dir=data_dir,
+        model_name=model,
+        console=console,
+        progress=True,
+    )
+    failed = [name for name, row in report["methods"].items() if "error" in row]
+    console.print(f"report in {out}/report.md")
+    if failed:
+        err.print(f"[red]failed methods:[/red] {', '.join(failed)} (rerun to retry them)")
+        raise typer.Exit(code=1)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -4,13 +4,13 @@ applying a per-layer edit through the one hook machinery, persistently or in a b
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .editor_file import check_fits
-from .hooks import HookHandle, add_hooks
+from .hooks import HookFn, HookHandle, HookSite, add_hooks
 from .layers import site_modules
 
 
@@ -36,6 +36,19 @@ class EditorBase:
         """Check the model, then apply ``edit(layer, hidden)`` at each layer's site."""
         self.check_model(model)
         return add_hooks(site_modules(model, layers, self.site, self.layer_path), edit)
+
+    def _hook_modules(
+        self,
+        model: nn.Module,
+        modules: Callable[[], Mapping[Hashable, nn.Module]],
+        fn: HookFn,
+        *,
+        on: HookSite = "output",
+    ) -> HookHandle:
+        """Check the model, then hook the modules ``modules()`` locates (see
+        :func:`~spectral_edit.hooks.add_hooks` for ``on``)."""
+        self.check_model(model)
+        return add_hooks(modules(), fn, on=on)
 
     def attach(self, model: nn.Module) -> HookHandle:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -52,6 +52,25 @@ def write_editor_file(
     return path
 
 
+def read_format(path: str | Path) -> str:
+    """The ``format`` named in an editor file's header (not yet validated further)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EditorFileError(f"{path}: no such editor file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise EditorFileError(f"{path}: not a readable safetensors file ({error})") from error
+    try:
+        header = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError as error:
+        raise EditorFileError(f"{path}: editor metadata is not valid JSON ({error})") from error
+    if not isinstance(header, dict) or not isinstance(header.get("format"), str):
+        raise EditorFileError(f"{path}: no {METADATA_KEY} format in the metadata; not an editor")
+    return header["format"]
+
+
 def read_editor_file(
     path: str | Path, format_name: str, format_version: int, required: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -62,7 +81,9 @@ def read_editor_file(
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            # cloned into fresh (aligned) memory: some CPU kernels round differently on
+            # the file buffer's offsets, and a loaded editor must act exactly as the saved one
+            tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
         raise EditorFileError(f"{path}: not a readable safetensors file ({error})") from error
     if raw is None:

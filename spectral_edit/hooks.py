@@ -3,18 +3,29 @@
 Decoder layers return either a tensor or a tuple whose first entry is the hidden state;
 ``hidden_of`` / ``with_hidden`` hide that difference. A hook function receives
 ``(key, hidden)`` and returns a replacement hidden state or ``None`` (observe only).
+
+Where the hook acts (``on``):
+
+- ``"output"``: ``fn(key, output_hidden)`` may replace the module's output;
+- ``"input"``: ``fn(key, input_hidden)`` may replace the module's first positional input
+  (a forward pre-hook; e.g. the concatenated head outputs entering an attention output
+  projection);
+- ``"input-output"``: ``fn(key, output_hidden, input_hidden)`` may replace the output,
+  knowing the input (e.g. a low-rank weight delta ``out + B A x``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-HookFn = Callable[[Hashable, torch.Tensor], torch.Tensor | None]
+HookFn = Callable[..., torch.Tensor | None]
+HookSite = Literal["output", "input", "input-output"]
+HOOK_SITES: tuple[str, ...] = ("output", "input", "input-output")
 
 
 def hidden_of(output: Any) -> torch.Tensor:
@@ -58,15 +69,24 @@ class HookHandle:
         self.remove()
 
 
-def add_hooks(modules: Mapping[Hashable, nn.Module], fn: HookFn) -> HookHandle:
-    """Register ``fn`` as a forward hook on each module; keys are passed back to ``fn``.
+def add_hooks(
+    modules: Mapping[Hashable, nn.Module], fn: HookFn, *, on: HookSite = "output"
+) -> HookHandle:
+    """Register ``fn`` on each module (see the module docstring for ``on``); keys are
+    passed back to ``fn``.
 
     If registration fails midway, the hooks already added are removed before raising.
     """
+    if on not in HOOK_SITES:
+        raise ValueError(f"hook site must be one of {HOOK_SITES}, not {on!r}")
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         for key, module in modules.items():
-            handles.append(module.register_forward_hook(_make_hook(key, fn)))
+            if on == "input":
+                handles.append(module.register_forward_pre_hook(_make_pre_hook(key, fn)))
+            else:
+                hook = _make_hook(key, fn, pass_input=on == "input-output")
+                handles.append(module.register_forward_hook(hook))
     except BaseException:
         HookHandle(handles).remove()
         raise
@@ -74,20 +94,37 @@ def add_hooks(modules: Mapping[Hashable, nn.Module], fn: HookFn) -> HookHandle:
 
 
 @contextmanager
-def hooked(modules: Mapping[Hashable, nn.Module], fn: HookFn) -> Iterator[HookHandle]:
+def hooked(
+    modules: Mapping[Hashable, nn.Module], fn: HookFn, *, on: HookSite = "output"
+) -> Iterator[HookHandle]:
     """Context manager form of :func:`add_hooks`; hooks are removed even on error."""
-    handle = add_hooks(modules, fn)
+    handle = add_hooks(modules, fn, on=on)
     try:
         yield handle
     finally:
         handle.remove()
 
 
-def _make_hook(key: Hashable, fn: HookFn) -> Callable[[nn.Module, Any, Any], Any]:
+def _make_hook(
+    key: Hashable, fn: HookFn, *, pass_input: bool = False
+) -> Callable[[nn.Module, Any, Any], Any]:
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        replacement = fn(key, hidden_of(output))
+        hidden = hidden_of(output)
+        replacement = fn(key, hidden, hidden_of(args)) if pass_input else fn(key, hidden)
         if replacement is None:
             return None
         return with_hidden(output, replacement)
 
     return hook
+
+
+def _make_pre_hook(key: Hashable, fn: HookFn) -> Callable[[nn.Module, Any], Any]:
+    def pre_hook(module: nn.Module, args: Any) -> Any:
+        if not args:
+            raise TypeError(f"{type(module).__name__} got no positional input to edit")
+        replacement = fn(key, hidden_of(args))
+        if replacement is None:
+            return None
+        return with_hidden(tuple(args), replacement)
+
+    return pre_hook

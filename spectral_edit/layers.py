@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 SITES = ("residual", "mlp")
 """Edit/capture sites: ``residual`` = the decoder layer's output (``hidden_states[l+1]``),
 ``mlp`` = the output of the layer's MLP block."""
 
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "fc2")
+_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "attn_layer")
+_ATTENTION_OUTPUT_NAMES = ("o_proj", "c_proj", "dense", "out_proj", "wo", "proj_out")
 
 
 class LayerNotFoundError(LookupError):
@@ -114,13 +117,124 @@ def site_modules(
     model: nn.Module, layers: Sequence[int], site: str = "residual", layer_path: str | None = None
 ) -> dict[int, nn.Module]:
     """Map each layer index to the module whose output is its ``site`` activation."""
+    return {index: site_module(block, site) for index, block in _blocks(model, layers, layer_path)}
+
+
+def _blocks(
+    model: nn.Module, layers: Sequence[int], layer_path: str | None
+) -> list[tuple[int, nn.Module]]:
+    """``(index, decoder block)`` for each requested layer; IndexError when out of range."""
     blocks = find_decoder_layers(model, layer_path)
-    out: dict[int, nn.Module] = {}
+    out = []
     for index in layers:
         if not 0 <= index < len(blocks):
             raise IndexError(f"layer {index} out of range: the model has {len(blocks)} layers")
-        out[index] = site_module(blocks[index], site)
+        out.append((index, blocks[index]))
     return out
+
+
+def linear_in_features(module: nn.Module) -> int | None:
+    """The input width of a linear layer (``nn.Linear`` and its subclasses, or GPT-2's
+    ``Conv1D`` whose weight is ``(in, out)``); ``None`` for any other module."""
+    if isinstance(module, nn.Linear):
+        return int(module.in_features)
+    if isinstance(module, Conv1D):
+        return int(module.weight.shape[0])
+    return None
+
+
+def attention_head_shape(model: nn.Module) -> tuple[int, int]:
+    """``(num_heads, head_dim)`` of the model's attention (query heads, not KV heads).
+
+    ``head_dim`` is the config's ``head_dim`` when set (it may differ from
+    ``hidden_size // num_heads``, e.g. Gemma 3), else ``hidden_size // num_heads``.
+    The concatenated head outputs entering the attention output projection are
+    ``num_heads * head_dim`` wide, head ``h`` being ``[h * head_dim, (h + 1) * head_dim)``.
+    """
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    heads = next(
+        (
+            value
+            for name in ("num_attention_heads", "n_head", "num_heads")
+            if isinstance(value := getattr(config, name, None), int) and value > 0
+        ),
+        None,
+    )
+    if heads is None:
+        raise LayerNotFoundError(
+            f"cannot read the attention head count from {type(config).__name__}"
+        )
+    head_dim = getattr(config, "head_dim", None)
+    if isinstance(head_dim, int) and head_dim > 0:
+        return heads, head_dim
+    hidden = hidden_size_of(model)
+    if hidden % heads:
+        raise LayerNotFoundError(
+            f"{type(config).__name__} has no head_dim and hidden size {hidden} is not a "
+            f"multiple of its {heads} heads"
+        )
+    return heads, hidden // heads
+
+
+def attention_output_module(layer: nn.Module, attn_path: str | None = None) -> nn.Module:
+    """The linear output projection of one decoder ``layer``'s attention block.
+
+    Its input is the concatenation of the per-head attention outputs. Without
+    ``attn_path`` the attention child is found by name (``self_attn``, ``attn``,
+    ``attention``, ...; else the first child whose class name contains ``Attention``), and
+    its projection by name (``o_proj``, ``c_proj``, ``dense``, ``out_proj``, ...).
+    ``attn_path`` is a dotted path relative to the layer, e.g. ``"self_attn.o_proj"``.
+    """
+    if attn_path is not None:
+        try:
+            module = layer.get_submodule(attn_path)
+        except AttributeError as error:
+            raise LayerNotFoundError(
+                f"attention path {attn_path!r} does not exist in {type(layer).__name__}"
+            ) from error
+        if linear_in_features(module) is None:
+            raise LayerNotFoundError(
+                f"attention path {attn_path!r} is a {type(module).__name__}, not a linear layer"
+            )
+        return module
+    for attention in _attention_children(layer):
+        for name in _ATTENTION_OUTPUT_NAMES:
+            projection = getattr(attention, name, None)
+            if isinstance(projection, nn.Module) and linear_in_features(projection) is not None:
+                return projection
+    raise LayerNotFoundError(
+        f"no attention output projection found in {type(layer).__name__} (tried the "
+        f"children {_ATTENTION_NAMES} and their linears {_ATTENTION_OUTPUT_NAMES}); pass "
+        "attn_path relative to the layer, e.g. attn_path='self_attn.o_proj'"
+    )
+
+
+def _attention_children(layer: nn.Module) -> list[nn.Module]:
+    """The layer's attention child candidates: known names first, then by class name."""
+    named = [getattr(layer, name, None) for name in _ATTENTION_NAMES]
+    found = [module for module in named if isinstance(module, nn.Module)]
+    found += [
+        child
+        for child in layer.children()
+        if "attention" in type(child).__name__.lower() and child not in found
+    ]
+    return found
+
+
+def attention_output_modules(
+    model: nn.Module,
+    layers: Sequence[int],
+    layer_path: str | None = None,
+    attn_path: str | None = None,
+) -> dict[int, nn.Module]:
+    """Map each layer index to its attention output projection (see
+    :func:`attention_output_module`); hook it ``on="input"`` to read or edit the heads."""
+    return {
+        index: attention_output_module(block, attn_path)
+        for index, block in _blocks(model, layers, layer_path)
+    }
 
 
 def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> list[int]:

@@ -41,6 +41,7 @@ from .metrics import (
     extract_final_number,
     gsm8k_exact_match,
 )
+from .readout import FINAL, Readout
 from .scorer import ChoiceRequest, score_requests
 
 __all__ = [
@@ -109,6 +110,7 @@ def evaluate_choice_task(
     *,
     batch_size: int = 16,
     shared_prefix: str | None = None,
+    readout: Readout = FINAL,
     progress: bool | str = False,
 ) -> ChoiceTaskResult:
     """``acc`` / ``acc_norm`` of a multiple-choice task (lm-eval definitions, percent).
@@ -137,6 +139,7 @@ def evaluate_choice_task(
         requests,
         shared_prefix=shared_prefix,
         batch_size=batch_size,
+        readout=readout,
         progress=(task or "choice") if progress is True else progress,
     )
     per_item: list[dict[str, Any]] = []
@@ -303,6 +306,7 @@ def evaluate_control(
     data_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     batch_size: int = 16,
+    readout: Readout = FINAL,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the named control tasks (:data:`~spectral_edit.data.control.CONTROL_TASKS` keys).
@@ -311,6 +315,8 @@ def evaluate_control(
     (``control/<file>.jsonl``). ``limit`` keeps the first ``limit`` items of each
     multiple-choice task and the first ``limit`` evaluated GSM8K items (after its 5
     default exemplars are set aside). GSM8K uses :func:`evaluate_gsm8k`'s defaults.
+    ``readout`` scores the multiple-choice tasks; GSM8K is generated with the model's own
+    head, so under another readout (DoLa) it is skipped and its summary says so.
 
     Returns:
         ``{"tasks": {name: summary}, "average": {"acc": mean acc over the
@@ -335,6 +341,13 @@ def evaluate_control(
     choice_accs: dict[str, float] = {}
     for name in tasks:
         label = name if progress else False
+        if name == "gsm8k" and readout.hidden_states:
+            summaries[name] = {
+                "task": name,
+                "skipped": f"generation with the {readout.name} readout is not supported",
+            }
+            records[name] = []
+            continue
         if name == "gsm8k":
             gsm_items = load_control_task(name, data_dir)
             result: ChoiceTaskResult | GSM8KResult = evaluate_gsm8k(
@@ -343,7 +356,12 @@ def evaluate_control(
         else:
             choice_items = load_control_task(name, data_dir, limit=limit)
             result = evaluate_choice_task(
-                model, tokenizer, choice_items, batch_size=batch_size, progress=label
+                model,
+                tokenizer,
+                choice_items,
+                batch_size=batch_size,
+                readout=readout,
+                progress=label,
             )
             choice_accs[name] = result.summary["acc"]
         summaries[name] = result.summary

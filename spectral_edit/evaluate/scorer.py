@@ -33,6 +33,8 @@ from ..tokens import (
     output_cache,
     pad_id_of,
 )
+from .heads import decoder_and_head, lm_head_logits
+from .readout import FINAL, FinalLayerReadout, Readout
 
 
 @dataclass(frozen=True)
@@ -57,45 +59,29 @@ class ContinuationScore:
         return self.logprob / max(self.n_tokens, 1)
 
 
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The base model (whose output is the final-normed hidden state) and the LM head."""
-    base = getattr(model, "base_model", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if base is None or base is model or head is None:
-        raise TypeError(f"{type(model).__name__} is not a causal LM with a separate LM head")
-    return base, head
-
-
-def lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits from final hidden states ``(..., d)``, exactly as the model's forward makes
-    them (including Gemma-style final soft-capping and Cohere/Granite logit scaling)."""
-    _, head = decoder_and_head(model)
-    logits = head(hidden.to(head.weight.device)).float()
-    config = (
-        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    )
-    scale = getattr(config, "logit_scale", None)
-    if isinstance(scale, (int, float)) and scale != 1:
-        logits = logits * scale
-    scaling = getattr(config, "logits_scaling", None)
-    if isinstance(scaling, (int, float)) and scaling != 1:
-        logits = logits / scaling
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+__all__ = [
+    "ChoiceRequest",
+    "ContinuationScore",
+    "FinalLayerReadout",
+    "decoder_and_head",
+    "lm_head_logits",
+    "score_requests",
+]
 
 
 class _Runner:
-    """Runs the base model on new tokens on top of a cache (batch rows share the past)."""
+    """Runs the base model on new tokens on top of a cache (batch rows share the past) and
+    returns, per position, the features the readout needs."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, readout: Readout) -> None:
         self.base, _ = decoder_and_head(model)
         self.device = input_device(model)
         self.with_positions = accepts_position_ids(self.base)
+        self.extra = readout.hidden_states
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, past, past_len: int):
-        """``ids``/``mask`` ``(B, T)``; returns (final hidden ``(B, T, d)``, cache)."""
+        """``ids``/``mask`` ``(B, T)``; returns (features ``(B, T, 1 + K, d)``: the final
+        hidden state then the readout's K extra hidden states, cache)."""
         batch, width = ids.shape
         full_mask = torch.cat([torch.ones(batch, past_len, dtype=mask.dtype), mask], dim=1)
         kwargs = {
@@ -107,13 +93,16 @@ class _Runner:
         if self.with_positions:
             positions = torch.arange(past_len, past_len + width).expand(batch, width)
             kwargs["position_ids"] = positions.to(self.device)
+        if self.extra:
+            kwargs["output_hidden_states"] = True
         out = self.base(**kwargs)
-        return out.last_hidden_state, output_cache(out)
+        states = [out.last_hidden_state, *(out.hidden_states[j] for j in self.extra)]
+        return torch.stack(states, dim=2), output_cache(out)
 
 
 @dataclass
 class _Prefix:
-    """The shared prefix: its ids, KV cache and final hidden state ``(1, d)``."""
+    """The shared prefix: its ids, KV cache and last position's features ``(1, 1 + K, d)``."""
 
     ids: list[int]
     cache: object = None
@@ -158,6 +147,7 @@ def score_requests(
     shared_prefix: str | None = None,
     batch_size: int = 16,
     share_contexts: bool | None = None,
+    readout: Readout = FINAL,
     progress: bool | str = False,
 ) -> list[list[ContinuationScore]]:
     """Score every continuation of every request; results follow the input order.
@@ -168,15 +158,18 @@ def score_requests(
     context once and its continuations on its cache (fewest FLOPs: best on CPUs), or pack
     context-plus-continuation sequences of many requests into each batch on the prefix
     cache (fewest passes: best on GPUs). Default: share on CPU, pack on accelerators.
-    Both give the same scores.
+    Both give the same scores. ``readout``: how hidden states become log-probabilities
+    (default: the LM head; :class:`~spectral_edit.evaluate.readout.DoLaReadout` for DoLa).
     """
-    run = _Runner(model)
+    run = _Runner(model, readout)
     if share_contexts is None:
         share_contexts = run.device.type == "cpu"
     pad = pad_id_of(tokenizer)
     prefix = _Prefix.build(run, tokenizer, shared_prefix)
     if not share_contexts:
-        return _score_packed(model, run, tokenizer, requests, prefix, pad, batch_size, progress)
+        return _score_packed(
+            model, run, tokenizer, requests, prefix, pad, batch_size, readout, progress
+        )
     results: list[list[ContinuationScore]] = []
     bar = progress_bar(len(requests), progress, "score", "req")
     for request in requests:
@@ -194,7 +187,7 @@ def score_requests(
         scores: list[ContinuationScore] = []
         for start in range(0, len(targets), batch_size):
             chunk = targets[start : start + batch_size]
-            scores.extend(_score_chunk(model, run, chunk, last, past, past_len, pad))
+            scores.extend(_score_chunk(model, run, readout, chunk, last, past, past_len, pad))
         results.append(scores)
         bar.update(1)
     bar.close()
@@ -209,6 +202,7 @@ def _score_packed(
     prefix: _Prefix,
     pad: int,
     batch_size: int,
+    readout: Readout,
     progress: bool | str,
 ) -> list[list[ContinuationScore]]:
     """Pack ``context-after-prefix + continuation`` sequences of many requests per batch.
@@ -250,7 +244,8 @@ def _score_packed(
             else:
                 predictors.append(hidden[row, first : first + n])
             targets.extend(tokens[first + 1 :])
-        scores = _score_rows(model, torch.cat(predictors), targets, [items[i][5] for i in rows])
+        lengths = [items[i][5] for i in rows]
+        scores = _score_rows(model, readout, torch.cat(predictors), targets, lengths)
         for i, score in zip(rows, scores, strict=True):
             results[items[i][0]][items[i][1]] = score
         bar.update(len(rows))
@@ -258,17 +253,12 @@ def _score_packed(
     return results  # type: ignore[return-value]
 
 
-def _score_rows(model, predictors: torch.Tensor, targets: list[int], lengths: list[int]):
-    """Sum the log-probabilities of ``targets`` predicted by the hidden ``predictors``
-    ``(sum(lengths), d)``, split into continuations of ``lengths`` tokens."""
-    logits = lm_head_logits(model, predictors)
-    flat_targets = torch.tensor(targets, device=logits.device)
-    # log-normaliser in float64: summed over many tokens, float32 rounding would add up
-    picked = (
-        logits.gather(1, flat_targets[:, None])[:, 0].double()
-        - torch.logsumexp(logits.double(), dim=-1)
-    ).cpu()
-    greedy = (logits.argmax(-1) == flat_targets).cpu()
+def _score_rows(
+    model, readout: Readout, predictors: torch.Tensor, targets: list[int], lengths: list[int]
+) -> list[ContinuationScore]:
+    """Sum the log-probabilities of ``targets`` predicted by the ``predictors`` features
+    ``(sum(lengths), 1 + K, d)``, split into continuations of ``lengths`` tokens."""
+    picked, greedy = readout.target_log_probs(model, predictors, torch.tensor(targets))
     out, offset = [], 0
     for n in lengths:
         out.append(
@@ -282,9 +272,11 @@ def _score_rows(model, predictors: torch.Tensor, targets: list[int], lengths: li
     return out
 
 
-def _score_chunk(model, run: _Runner, chunk, last, past, past_len, pad) -> list[ContinuationScore]:
-    """Score continuations ``chunk`` (token lists) after a context whose final hidden state
-    is ``last`` ``(1, d)`` and whose cache is ``past`` (not modified)."""
+def _score_chunk(
+    model, run: _Runner, readout: Readout, chunk, last, past, past_len, pad
+) -> list[ContinuationScore]:
+    """Score continuations ``chunk`` (token lists) after a context whose last position's
+    features are ``last`` ``(1, 1 + K, d)`` and whose cache is ``past`` (not modified)."""
     width = max(len(t) for t in chunk)
     ids = torch.full((len(chunk), width), pad, dtype=torch.long)
     mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -300,4 +292,4 @@ def _score_chunk(model, run: _Runner, chunk, last, past, past_len, pad) -> list[
             rows.extend(hidden[row, : len(tokens) - 1])
         predictors.append(torch.stack(rows))
     targets = [t for tokens in chunk for t in tokens]
-    return _score_rows(model, torch.cat(predictors), targets, [len(t) for t in chunk])
+    return _score_rows(model, readout, torch.cat(predictors), targets, [len(t) for t in chunk])

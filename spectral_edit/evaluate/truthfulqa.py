@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..data.truthfulqa import QA_PRIMER, MCQuestion
 from .metrics import mc_scores, mean_mc
+from .readout import FINAL, Readout
 from .scorer import ChoiceRequest, score_requests
 
 
@@ -39,9 +40,11 @@ def evaluate_truthfulqa(
     questions: Sequence[MCQuestion],
     *,
     batch_size: int = 16,
+    readout: Readout = FINAL,
     progress: bool | str = False,
 ) -> TruthfulQAResult:
-    """Score every MC1 and MC2 answer once (answers in both lists are scored once)."""
+    """Score every MC1 and MC2 answer once (answers in both lists are scored once);
+    ``readout`` selects plain or DoLa scoring."""
     started = time.perf_counter()
     requests, answer_lists = [], []
     for q in questions:
@@ -54,6 +57,7 @@ def evaluate_truthfulqa(
         requests,
         shared_prefix=QA_PRIMER,
         batch_size=batch_size,
+        readout=readout,
         progress="TruthfulQA" if progress is True else progress,
     )
     per_question = []

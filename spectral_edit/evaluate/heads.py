@@ -1,0 +1,65 @@
+"""The pieces of a causal LM that turn hidden states into logits: the base model, the
+final norm and the LM head, found generically."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import find_decoder_layers
+
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The base model (whose output is the final-normed hidden state) and the LM head."""
+    base = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or base is model or head is None:
+        raise TypeError(f"{type(model).__name__} is not a causal LM with a separate LM head")
+    return base, head
+
+
+def lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from final hidden states ``(..., d)``, exactly as the model's forward makes
+    them (including Gemma-style final soft-capping and Cohere/Granite logit scaling)."""
+    _, head = decoder_and_head(model)
+    logits = head(hidden.to(head.weight.device)).float()
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, (int, float)) and scale != 1:
+        logits = logits * scale
+    scaling = getattr(config, "logits_scaling", None)
+    if isinstance(scaling, (int, float)) and scaling != 1:
+        logits = logits / scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm the base model applies after its last decoder layer (``model.norm``,
+    ``transformer.ln_f``, ``gpt_neox.final_layer_norm``, ``model.decoder.final_layer_norm``).
+
+    Raises:
+        LookupError: no such module outside the decoder layers.
+    """
+    base, _ = decoder_and_head(model)
+    blocks = find_decoder_layers(model)
+    inside = {id(m) for block in blocks for m in block.modules()}
+    found = [
+        module
+        for name, module in base.named_modules()
+        if name.rsplit(".", 1)[-1] in _FINAL_NORM_NAMES
+        and name.count(".") <= 1
+        and id(module) not in inside
+    ]
+    if len(found) != 1:
+        raise LookupError(
+            f"cannot identify the final norm of {type(base).__name__} "
+            f"({len(found)} candidates named {_FINAL_NORM_NAMES})"
+        )
+    return found[0]

@@ -1,0 +1,199 @@
+"""``sea compare`` end to end on a tiny model: report, fold protocol, failures, resume."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from spectral_edit.cli import app
+from spectral_edit.compare import CompareOptions, run_compare, tokens_processed
+from spectral_edit.data import load_fold, load_mc_task
+from spectral_edit.data.truthfulqa import split_mc_by_fold
+from spectral_edit.demos import Demonstration, write_demos
+from spectral_edit.methods import METHODS, Intervention, MethodSpec, parse_methods, setting_id
+
+from .tiny_models import make_tiny_model, make_tiny_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+DEMOS = [Demonstration(f"q: thing {i}\na:", f"yes it is {i}", f"no never {i}") for i in range(12)]
+OPTIONS = CompareOptions(
+    methods=("none", "mean-diff", "broken", "dola"),
+    control_tasks=("arc_easy", "boolq", "gsm8k"),
+    control_limit=2,
+    neutral="prompt",
+)
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    """The fixtures with a GSM8K file large enough for its 5 exemplars plus 2 items."""
+    folder = tmp_path / "data"
+    shutil.copytree(FIXTURES, folder)
+    shutil.copy(FIXTURES / "eval_control" / "gsm8k_test.jsonl", folder / "control")
+    return folder
+
+
+def _folds():
+    questions = load_mc_task(FIXTURES / "truthfulqa" / "mc_task.json")
+    return {f: split_mc_by_fold(questions, load_fold(f, FIXTURES)) for f in (1, 2)}
+
+
+def _registry(fail: bool, calls: list[str]):
+    def configure(state, setting, ctx):
+        calls.append(setting_id(setting))
+        if fail:
+            raise RuntimeError("planted failure")
+        return Intervention()
+
+    broken = MethodSpec("broken", "fails on demand", ({"x": 1},), lambda ctx: None, configure)
+    counted = dataclasses.replace(
+        METHODS["mean-diff"],
+        configure=lambda st, s, c: (
+            calls.append(f"mean-diff {setting_id(s)}") or METHODS["mean-diff"].configure(st, s, c)
+        ),
+    )
+    return {**METHODS, "mean-diff": counted, "broken": broken}
+
+
+def test_compare_reports_fails_per_method_and_resumes(tmp_path, data_dir):
+    model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
+    folds, calls = _folds(), []
+    quiet = Console(quiet=True)
+    report = run_compare(
+        model,
+        tokenizer,
+        DEMOS,
+        folds,
+        OPTIONS,
+        tmp_path,
+        data_dir=data_dir,
+        model_name="tiny",
+        registry=_registry(True, calls),
+        console=quiet,
+    )
+    rows = report["methods"]
+    assert rows["broken"] == {"error": "RuntimeError: planted failure"}
+    assert (tmp_path / "units" / "broken" / "error.json").is_file()
+    for name in ("none", "mean-diff"):
+        assert 0 <= rows[name]["mc1"] <= 100 and 0 <= rows[name]["mc2"] <= 100
+    # the fold protocol: the chosen setting is the best on its tuning fold, and the
+    # headline is the question-weighted mean of the chosen settings' held-out scores
+    tuning = rows["mean-diff"]["tuning"]
+    grid = [setting_id(s) for s in METHODS["mean-diff"].grid]
+    sizes = {1: len(folds[1]), 2: len(folds[2])}
+    expected = 0.0
+    for tune, test in ((1, 2), (2, 1)):
+        scores = [
+            (tuning[s][f"fold{tune}"]["mc1"] + tuning[s][f"fold{tune}"]["mc2"]) / 2 for s in grid
+        ]
+        chosen = grid[scores.index(max(scores))]
+        assert rows["mean-diff"]["selections"][f"fold{tune}->fold{test}"] == chosen
+        expected += sizes[test] * tuning[chosen][f"fold{test}"]["mc2"]
+    assert rows["mean-diff"]["mc2"] == pytest.approx(expected / sum(sizes.values()))
+    assert rows["none"]["overhead_ms_per_token"] == 0.0
+    assert set(rows["none"]["control_tasks"]) == {"arc_easy", "boolq"}  # gsm8k: not a choice task
+    assert "gsm8k" in rows["dola"]["control_skipped"] and not rows["none"]["control_skipped"]
+    assert report["tokens_scored"] == tokens_processed(tokenizer, folds[1] + folds[2])
+    for name in ("report.json", "report.md", "truthfulness_vs_control.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "failed: RuntimeError: planted failure" in markdown and "| mean-diff |" in markdown
+
+    calls.clear()
+    again = run_compare(
+        model,
+        tokenizer,
+        DEMOS,
+        folds,
+        OPTIONS,
+        tmp_path,
+        data_dir=data_dir,
+        model_name="tiny",
+        registry=_registry(False, calls),
+        console=quiet,
+    )
+    assert calls == ["x=1"]  # only the failed method ran again
+    assert "error" not in again["methods"]["broken"]
+    assert not (tmp_path / "units" / "broken" / "error.json").exists()
+    assert again["methods"]["mean-diff"]["mc2"] == rows["mean-diff"]["mc2"]
+
+
+def test_changed_options_are_not_reused(tmp_path, data_dir):
+    model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
+    folds, calls = _folds(), []
+    quiet = Console(quiet=True)
+    options = dataclasses.replace(OPTIONS, methods=("mean-diff",), control_tasks=("boolq",))
+    run_compare(
+        model,
+        tokenizer,
+        DEMOS,
+        folds,
+        options,
+        tmp_path,
+        registry=_registry(False, calls),
+        data_dir=data_dir,
+        console=quiet,
+    )
+    first = len(calls)
+    run_compare(
+        model,
+        tokenizer,
+        DEMOS[:6],
+        folds,
+        options,
+        tmp_path,
+        registry=_registry(False, calls),
+        data_dir=data_dir,
+        console=quiet,
+    )
+    assert len(calls) == 2 * first  # other demonstrations: everything recomputed
+
+
+def test_parse_methods_errors():
+    assert parse_methods("none, sea") == ["none", "sea"]
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_methods("none,magic")
+    with pytest.raises(ValueError, match="twice"):
+        parse_methods("sea,sea")
+
+
+def test_same_tuning_budget_for_every_method():
+    sizes = {name: len(spec.grid) for name, spec in METHODS.items() if name != "none"}
+    assert len(set(sizes.values())) == 1, sizes
+
+
+def test_sea_compare_cli(tiny_model_dir, tmp_path):
+    demos = write_demos(tmp_path / "demos.jsonl", DEMOS)
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        "--model",
+        str(tiny_model_dir),
+        "--demos",
+        str(demos),
+        "--methods",
+        "none,sea,dola",
+        "--mc-file",
+        "mc_task.json",
+        "--data-dir",
+        str(FIXTURES),
+        "--control-tasks",
+        "arc_easy",
+        "--control-limit",
+        "2",
+        "--neutral",
+        "prompt",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["methods"]) == {"none", "sea", "dola"}
+    assert report["methods"]["sea"]["control_tasks"]["arc_easy"] >= 0
+    bad = CliRunner().invoke(app, [*args[:5], "--methods", "none,magic"])
+    assert bad.exit_code == 2 and "unknown method" in bad.output
