@@ -544,6 +544,10 @@ def compare(
         int | None,
         typer.Option("--per-fold", help="TruthfulQA questions per fold (default: all)."),
     ] = None,
+    both_directions: Annotated[
+        bool,
+        typer.Option(help="Also tune on fold 2 and report on fold 1 (twice the tuning cost)."),
+    ] = False,
     mc_file: Annotated[
         str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
     ] = "mc_task_v0.json",
@@ -595,6 +599,7 @@ def compare(
         neutral=neutral,
         batch_size=batch_size,
         seed=seed,
+        both_directions=both_directions,
     )
     lm, tokenizer = _load(model, dtype, device_map)
     report = run_compare(

@@ -2,11 +2,11 @@
 with the same budget under the 2-fold protocol, in one report.
 
 Protocol. Every setting of a method's grid (:mod:`spectral_edit.methods`) is scored on
-the TruthfulQA questions of fold 1 and of fold 2 (the first ``per_fold`` of each). The
-setting with the best mean of MC1 and MC2 on one fold is reported on the other fold, in
-both directions; the headline figures are the question-weighted average of the two
-held-out results, so no reported question was used to choose its own setting. The
-selected settings are then run on the control tasks.
+the TruthfulQA questions of fold 1 (the folds are cut to the same size by the caller);
+the setting with the best mean of MC1 and MC2 there is reported on fold 2, so no reported
+question was used to choose its own setting. With ``both_directions`` the reverse is run
+too (tune on fold 2, report on fold 1) and the headline is the question-weighted average
+of the two held-out results. The selected settings are then run on the control tasks.
 
 Every unit of work (one setting on one fold, one control run) is stored atomically under
 ``out/units/<method>/`` with the options that produced it; a rerun skips what is done.
@@ -60,6 +60,11 @@ class CompareOptions:
     neutral: str = "generate"
     batch_size: int = 16
     seed: int = 0
+    both_directions: bool = False
+
+
+DIRECTIONS = ((1, 2), (2, 1))
+"""(tuning fold, reported fold): fold 1 → fold 2 always; the reverse on request."""
 
 
 @dataclass
@@ -152,7 +157,9 @@ def run_compare(
     if set(folds) != {1, 2} or not all(folds.values()):
         raise ValueError("the comparison needs questions in both fold 1 and fold 2")
     demos_key = options_key({"demos": [asdict(d) for d in demos], "model": model_name})
-    base_key = {**asdict(options), "demos": demos_key, "methods": None}
+    # a unit's result does not depend on which methods run or on the directions asked for
+    chosen = {k: v for k, v in asdict(options).items() if k != "both_directions"}
+    base_key = {**chosen, "demos": demos_key, "methods": None}
     load, save = _activation_cache(out, options_key({**base_key, "capture": "all-layers"}))
     ctx = FitContext(
         model,
@@ -206,45 +213,45 @@ def _run_method(
     model, tokenizer = run.ctx.model, run.ctx.tokenizer
     store = StageStore(run.folder, console)
     method_key = {**base_key, "method": run.spec.name, "description": run.spec.description}
-    units: dict[str, dict[int, dict[str, Any]]] = {}
-    for setting in run.spec.grid:
+    units: dict[str, dict[int, dict[str, Any]]] = {setting_id(s): {} for s in run.spec.grid}
+
+    def scored(setting: Mapping[str, Any], fold: int) -> dict[str, Any]:
+        """The stored (or now computed) TruthfulQA unit of ``setting`` on ``fold``."""
         sid = setting_id(setting)
-        units[sid] = {}
-        for fold, questions in folds.items():
-            label = f"{run.spec.name} {sid} fold {fold}" if progress else False
+        label = f"{run.spec.name} {sid} fold {fold}" if progress else False
 
-            def evaluate(setting=setting, questions=questions, label=label) -> dict[str, Any]:
-                intervention, configure_seconds = run.intervention(setting)
-                with intervention.applied(model):
-                    result = evaluate_truthfulqa(
-                        model,
-                        tokenizer,
-                        questions,
-                        batch_size=options.batch_size,
-                        readout=intervention.readout,
-                        progress=label,
-                    )
-                return {
-                    "setting": dict(setting),
-                    "summary": result.summary,
-                    "prepare_seconds": run.prepare_seconds,
-                    "configure_seconds": configure_seconds,
-                    "capture_seconds": run.ctx.capture_seconds
-                    if run.spec.uses_activations
-                    else 0.0,
-                    "per_question": [
-                        {k: r[k] for k in ("mc1", "mc2", "mc3")} for r in result.per_question
-                    ],
-                }
+        def evaluate() -> dict[str, Any]:
+            intervention, configure_seconds = run.intervention(setting)
+            with intervention.applied(model):
+                result = evaluate_truthfulqa(
+                    model,
+                    tokenizer,
+                    folds[fold],
+                    batch_size=options.batch_size,
+                    readout=intervention.readout,
+                    progress=label,
+                )
+            return {
+                "setting": dict(setting),
+                "summary": result.summary,
+                "prepare_seconds": run.prepare_seconds,
+                "configure_seconds": configure_seconds,
+                "capture_seconds": run.ctx.capture_seconds if run.spec.uses_activations else 0.0,
+                "per_question": [
+                    {k: r[k] for k in ("mc1", "mc2", "mc3")} for r in result.per_question
+                ],
+            }
 
-            key = {**method_key, "setting": dict(setting), "questions": fold_keys[fold]}
-            units[sid][fold] = store.run(f"{sid}--truthfulqa-fold{fold}", key, evaluate)
+        key = {**method_key, "setting": dict(setting), "questions": fold_keys[fold]}
+        units[sid][fold] = store.run(f"{sid}--truthfulqa-fold{fold}", key, evaluate)
+        return units[sid][fold]
+
     selections = {}
-    for tune, test in ((1, 2), (2, 1)):
-        chosen = max(
-            run.spec.grid,
-            key=lambda s, tune=tune: _criterion(units[setting_id(s)][tune]["summary"]),
-        )  # max keeps the first of equals: grid order breaks ties
+    for tune, test in DIRECTIONS if options.both_directions else DIRECTIONS[:1]:
+        tuned = {setting_id(s): _criterion(scored(s, tune)["summary"]) for s in run.spec.grid}
+        chosen = max(run.spec.grid, key=lambda s, tuned=tuned: tuned[setting_id(s)])
+        # max keeps the first of equals: grid order breaks ties
+        scored(chosen, test)
         selections[f"fold{tune}->fold{test}"] = setting_id(chosen)
     control = {}
     for sid in dict.fromkeys(selections.values()):
@@ -375,13 +382,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         f"# Method comparison: {report['model']}",
         "",
-        f"TruthfulQA MC1/MC2/MC3 (percent) on held-out questions: each method's setting is "
-        f"chosen on one fold ({q['fold1']} + {q['fold2']} questions) and scored on the "
-        "other, both directions, averaged. Control: mean accuracy over the multiple-choice "
-        f"control tasks ({report['options']['control_limit'] or 'all'} items each) of the "
-        "selected settings. Eval s: TruthfulQA scoring time of the two held-out runs; "
-        f"overhead: extra milliseconds per scored token ({report['tokens_scored']} tokens) "
-        "against the unedited model.",
+        "TruthfulQA MC1/MC2/MC3 (percent) on held-out questions: each method's setting is "
+        f"chosen on fold 1 ({q['fold1']} questions) and scored on fold 2 ({q['fold2']})"
+        + (", and the reverse, averaged" if report["options"]["both_directions"] else "")
+        + ". Control: mean accuracy over the multiple-choice control tasks "
+        f"({report['options']['control_limit'] or 'all'} items each) of the selected "
+        "settings. Eval s: TruthfulQA scoring time of the held-out run(s); overhead: extra "
+        f"milliseconds per scored token ({report['tokens_scored']} tokens) against the "
+        "unedited model.",
         "",
         markdown_table(HEADERS, _table_rows(report)),
         "## Selected settings",
@@ -389,7 +397,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         markdown_table(
             ["method", "chosen on fold 1", "chosen on fold 2"],
             [
-                [name, row["selections"]["fold1->fold2"], row["selections"]["fold2->fold1"]]
+                [name, row["selections"]["fold1->fold2"], row["selections"].get("fold2->fold1")]
                 for name, row in report["methods"].items()
                 if "error" not in row
             ],
@@ -410,11 +418,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for name, tasks_skipped in skipped.items():
             for task, why in tasks_skipped.items():
                 lines.append(f"- {name}: {task} skipped ({why})")
-        lines += ["", "## Tuning (every setting, both folds: MC1 / MC2)", ""]
+        lines += ["", "## Tuning (every setting scored: MC1 / MC2)", ""]
         tuning_rows = []
         for name, row in ok.items():
             for sid, by_fold in row["tuning"].items():
-                cells = [f"{fmt(s['mc1'])} / {fmt(s['mc2'])}" for s in by_fold.values()]
+                cells = [
+                    f"{fmt(s['mc1'])} / {fmt(s['mc2'])}" if s else None
+                    for s in (by_fold.get(f"fold{f}") for f in (1, 2))
+                ]
                 tuning_rows.append([name, sid, *cells])
         lines.append(markdown_table(["method", "setting", "fold 1", "fold 2"], tuning_rows))
     return "\n".join(lines) + "\n"

@@ -52,38 +52,18 @@ def write_editor_file(
     return path
 
 
-def read_format(path: str | Path) -> str:
-    """The ``format`` named in an editor file's header (not yet validated further)."""
-    path = Path(path)
+def _read(path: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON header (a dict, unchecked beyond that) and, if asked, the tensors."""
     if not path.is_file():
         raise EditorFileError(f"{path}: no such editor file")
+    tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise EditorFileError(f"{path}: not a readable safetensors file ({error})") from error
-    try:
-        header = json.loads(raw) if raw is not None else None
-    except json.JSONDecodeError as error:
-        raise EditorFileError(f"{path}: editor metadata is not valid JSON ({error})") from error
-    if not isinstance(header, dict) or not isinstance(header.get("format"), str):
-        raise EditorFileError(f"{path}: no {METADATA_KEY} format in the metadata; not an editor")
-    return header["format"]
-
-
-def read_editor_file(
-    path: str | Path, format_name: str, format_version: int, required: tuple[str, ...] = ()
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read and check an editor file of kind ``format_name``; returns (header, tensors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EditorFileError(f"{path}: no such editor file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(METADATA_KEY)
-            # cloned into fresh (aligned) memory: some CPU kernels round differently on
-            # the file buffer's offsets, and a loaded editor must act exactly as the saved one
-            tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # noqa: SIM118
+            if with_tensors:
+                # cloned into fresh (aligned) memory: some CPU kernels round differently on
+                # the file buffer's offsets; a loaded editor must act exactly as the saved one
+                tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
         raise EditorFileError(f"{path}: not a readable safetensors file ({error})") from error
     if raw is None:
@@ -94,6 +74,23 @@ def read_editor_file(
         raise EditorFileError(f"{path}: editor metadata is not valid JSON ({error})") from error
     if not isinstance(header, dict):
         raise EditorFileError(f"{path}: editor metadata must be a JSON object")
+    return header, tensors
+
+
+def read_format(path: str | Path) -> str:
+    """The ``format`` named in an editor file's header (not yet validated further)."""
+    header, _ = _read(Path(path), with_tensors=False)
+    if not isinstance(header.get("format"), str):
+        raise EditorFileError(f"{path}: editor metadata lacks format")
+    return header["format"]
+
+
+def read_editor_file(
+    path: str | Path, format_name: str, format_version: int, required: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read and check an editor file of kind ``format_name``; returns (header, tensors)."""
+    path = Path(path)
+    header, tensors = _read(path, with_tensors=True)
     for key in ("format", "format_version"):
         if key not in header:
             raise EditorFileError(f"{path}: editor metadata lacks {key}")

@@ -66,3 +66,15 @@ def test_editor_kinds_are_not_confused(tmp_path):
         MeanDifferenceEditor.load(sea.save(tmp_path / "sea.safetensors"))
     with pytest.raises(EditorFileError, match="layers"):
         MeanDifferenceEditor.load(tmp_path / "md.safetensors", make_tiny_model("mistral"))
+
+
+def test_mean_difference_refuses_bad_inputs():
+    positive, negative, _ = _planted(n=10)
+    with pytest.raises(ValueError, match="duplicate layers"):
+        MeanDifferenceEditor.fit(positive, negative, layers=[1, 1], num_layers=2)
+    with pytest.raises(ValueError, match="at least one positive"):
+        MeanDifferenceEditor.fit(positive[:0], negative[:0], layers=[0, 1], num_layers=2)
+    with pytest.raises(ValueError, match="2 layer ids for arrays with 1 layers"):
+        MeanDifferenceEditor.fit(positive[:, :1], negative[:, :1], layers=[0, 1], num_layers=2)
+    with pytest.raises(ValueError, match="one shape"):
+        MeanDifferenceEditor.fit(positive, negative[:, :, :8], layers=[0, 1], num_layers=2)

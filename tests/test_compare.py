@@ -25,6 +25,7 @@ OPTIONS = CompareOptions(
     control_tasks=("arc_easy", "boolq", "gsm8k"),
     control_limit=2,
     neutral="prompt",
+    both_directions=True,
 )
 
 
@@ -151,6 +152,30 @@ def test_changed_options_are_not_reused(tmp_path, data_dir):
         console=quiet,
     )
     assert len(calls) == 2 * first  # other demonstrations: everything recomputed
+
+
+def test_one_direction_scores_only_the_chosen_setting_on_fold_2(tmp_path, data_dir):
+    model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
+    options = dataclasses.replace(
+        OPTIONS, methods=("mean-diff",), control_tasks=("boolq",), both_directions=False
+    )
+    report = run_compare(
+        model,
+        tokenizer,
+        DEMOS,
+        _folds(),
+        options,
+        tmp_path,
+        data_dir=data_dir,
+        console=Console(quiet=True),
+    )
+    row = report["methods"]["mean-diff"]
+    chosen = row["selections"]["fold1->fold2"]
+    assert list(row["selections"]) == ["fold1->fold2"]
+    assert all("fold1" in by_fold for by_fold in row["tuning"].values())
+    assert [sid for sid, f in row["tuning"].items() if "fold2" in f] == [chosen]
+    assert row["mc2"] == row["tuning"][chosen]["fold2"]["mc2"]
+    assert "chosen on fold 1" in (tmp_path / "report.md").read_text()
 
 
 def test_parse_methods_errors():

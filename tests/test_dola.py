@@ -118,8 +118,13 @@ def test_dola_options_are_validated():
         DoLaReadout(hidden_states=(0,), relative_top=1.5)
     with pytest.raises(ValueError, match="not below the final layer"):
         DoLaReadout(hidden_states=(0, 4)).check_model(4)
-    assert dola_buckets(18) == {"early": (0, 2, 4, 6, 8), "late": (9, 11, 13, 15, 17)}
-    assert parse_premature_layers("late", 18) == (9, 11, 13, 15, 17)
+    assert dola_buckets(18) == {"early": (0, 3, 6), "late": (9, 12, 15)}
+    assert dola_buckets(32, size=8) == {
+        "early": (0, 2, 4, 6, 8, 10, 12, 14),  # the paper's buckets for 32 layers
+        "late": (16, 18, 20, 22, 24, 26, 28, 30),
+    }
+    assert dola_buckets(2) == {"early": (0,), "late": (1,)}
+    assert parse_premature_layers("late", 18) == (9, 12, 15)
     assert parse_premature_layers("0,3", 18) == (0, 3)
     with pytest.raises(ValueError, match="bad DoLa layers"):
         parse_premature_layers("middle", 18)

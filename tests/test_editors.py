@@ -48,7 +48,7 @@ def test_load_editor_refuses_non_editors(tmp_path):
 
     plain = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(2)}, str(plain))
-    with pytest.raises(EditorFileError, match="plain.safetensors.*not an editor"):
+    with pytest.raises(EditorFileError, match="plain.safetensors: no spectral_edit metadata"):
         load_editor(plain)
     with pytest.raises(EditorFileError, match="no such editor file"):
         load_editor(tmp_path / "missing.safetensors")

@@ -33,7 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from ..capture import capture_modules
 from ..demos import Demonstration, answer_text
 from ..editor_base import EditorBase
-from ..editor_file import EditorFileError, read_editor_file, write_editor_file
+from ..editor_file import EditorFileError, write_editor_file
 from ..hooks import HookHandle
 from ..layers import (
     attention_head_shape,
@@ -43,9 +43,13 @@ from ..layers import (
     linear_in_features,
     parse_layers,
 )
+from ._common import EDITOR_KEYS, activation_pair, editor_fields, editor_header, load_validated
 
 FORMAT_NAME = "spectral-edit/iti"
 FORMAT_VERSION = 1
+
+_TENSORS = ("directions", "sigmas")
+"""The tensors of every ITI editor file."""
 
 Head = tuple[int, int]
 """``(layer, head)``: a decoder layer index and a head index within it."""
@@ -130,7 +134,7 @@ class ITIEditor(EditorBase):
         in scikit-learn, whose default the paper used). Probe accuracies of all ``(L, H)``
         heads are kept in ``metadata["probe_accuracy"]``.
         """
-        pos, neg = _head_arrays(positive, negative, len(layers), num_heads, head_dim)
+        pos, neg = _head_arrays(positive, negative, layers, num_heads, head_dim)
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         train, val = demo_split(pos.shape[0], val_fraction, seed)
@@ -274,49 +278,37 @@ class ITIEditor(EditorBase):
 
     def save(self, path: str | Path) -> Path:
         """Write the editor to one ``.safetensors`` file, atomically."""
-        header = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "heads": [list(head) for head in self.heads],
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "alpha": self.alpha,
-            "layer_path": self.layer_path,
-            "attn_path": self.attn_path,
-            "metadata": dict(self.metadata),
-        }
+        header = editor_header(
+            self,
+            FORMAT_NAME,
+            FORMAT_VERSION,
+            heads=[list(head) for head in self.heads],
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            attn_path=self.attn_path,
+        )
         tensors = {"directions": self.directions, "sigmas": self.sigmas}
         return write_editor_file(path, tensors, header)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> ITIEditor:
         """Read and validate an ITI editor file (and its fit to ``model``)."""
-        path = Path(path)
-        required = ("heads", "num_heads", "head_dim", "hidden_size", "num_layers", "alpha")
-        header, tensors = read_editor_file(path, FORMAT_NAME, FORMAT_VERSION, required)
-        if set(tensors) != {"directions", "sigmas"}:
-            raise EditorFileError(f"{path}: tensors {sorted(tensors)} are not directions, sigmas")
-        try:
-            editor = cls(
+
+        def build(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ITIEditor:
+            return cls(
                 heads=tuple(tuple(head) for head in header["heads"]),
                 directions=tensors["directions"],
                 sigmas=tensors["sigmas"],
                 num_heads=int(header["num_heads"]),
                 head_dim=int(header["head_dim"]),
-                hidden_size=int(header["hidden_size"]),
-                num_layers=int(header["num_layers"]),
-                alpha=float(header["alpha"]),
-                layer_path=header.get("layer_path"),
                 attn_path=header.get("attn_path"),
-                metadata=header.get("metadata", {}),
+                **editor_fields(header),
             )
-            if model is not None:
-                editor.check_model(model)
-        except (ValueError, TypeError) as error:
-            raise EditorFileError(f"{path}: {error}") from error
-        return editor
+
+        required = ("heads", "num_heads", "head_dim", *EDITOR_KEYS)
+        return load_validated(
+            path, FORMAT_NAME, FORMAT_VERSION, required, lambda _: _TENSORS, build, model
+        )
 
 
 def head_projections(
@@ -354,7 +346,11 @@ def demo_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[
 
 
 def fit_logistic(
-    x: torch.Tensor, y: torch.Tensor, *, C: float = 1.0, max_iter: int = 500  # noqa: N803
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    C: float = 1.0,  # noqa: N803
+    max_iter: int = 500,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """P independent L2-regularised logistic regressions, fitted jointly with L-BFGS.
 
@@ -484,17 +480,16 @@ def mass_mean_directions(
 def _head_arrays(
     positive: torch.Tensor | np.ndarray,
     negative: torch.Tensor | np.ndarray,
-    num_layers: int,
+    layers: Sequence[int],
     num_heads: int,
     head_dim: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N, L, H·hd)`` arrays → float64 ``(N, L, H, hd)`` tensors, shapes checked."""
-    pos = torch.as_tensor(positive).double()
-    neg = torch.as_tensor(negative).double()
-    expected = (num_layers, num_heads * head_dim)
-    if pos.ndim != 3 or pos.shape != neg.shape or tuple(pos.shape[1:]) != expected:
+    """Paired ``(N, L, H·hd)`` arrays → float64 ``(N, L, H, hd)`` CPU tensors, shapes
+    checked (see :func:`~._common.activation_pair`)."""
+    pos, neg = activation_pair(positive, negative, layers, paired=True)
+    if pos.shape[2] != num_heads * head_dim:
         raise ValueError(
-            f"expected two (N, {num_layers}, {num_heads}*{head_dim}) arrays of one shape, got "
+            f"expected (N, {len(layers)}, {num_heads}*{head_dim}) arrays, got "
             f"{tuple(pos.shape)} and {tuple(neg.shape)}"
         )
     return (

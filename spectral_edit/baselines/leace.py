@@ -39,32 +39,16 @@ File format: tensors ``layer.{l}.mean``, ``layer.{l}.proj_left``, ``layer.{l}.pr
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from concept_erasure import LeaceFitter
-from torch import nn
 
-from ..editor_base import EditorBase
-from ..editor_file import write_editor_file
-from ..hooks import HookHandle
-from .pca_vector import (
-    COMMON_KEYS,
-    activation_pair,
-    check_layers,
-    common_fields,
-    common_header,
-    load_checked,
-)
+from ._common import LayerEditor, check_alpha, check_layers
 
 FORMAT_NAME = "spectral-edit/leace"
 FORMAT_VERSION = 1
-
-_KINDS = ("mean", "proj_left", "proj_right")
 
 
 def fit_eraser(
@@ -80,9 +64,10 @@ def fit_eraser(
 
 
 @dataclasses.dataclass(frozen=True)
-class LeaceEditor(EditorBase):
+class LeaceEditor(LayerEditor):
     """Immutable LEACE editor: per layer the mean ``(d,)`` and the factors ``(d, k)``,
-    ``(k, d)`` of the eraser (see the module docstring)."""
+    ``(k, d)`` of the eraser (see the module docstring), fitted from ``(N+, L, d)``
+    positive and ``(N-, L, d)`` negative activations (the counts may differ)."""
 
     layers: tuple[int, ...]
     means: tuple[torch.Tensor, ...]
@@ -94,6 +79,9 @@ class LeaceEditor(EditorBase):
     alpha: float = 1.0
     layer_path: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    _format = (FORMAT_NAME, FORMAT_VERSION)
+    _tensors = (("mean", "means"), ("proj_left", "proj_left"), ("proj_right", "proj_right"))
 
     def __post_init__(self) -> None:
         count = len(self.layers)
@@ -113,47 +101,25 @@ class LeaceEditor(EditorBase):
                 )
             if not all(bool(t.isfinite().all()) for t in (mean, left, right)):
                 raise ValueError(f"layer {layer} eraser has non-finite entries")
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha {self.alpha} is not finite")
+        check_alpha(self.alpha)
 
     @classmethod
-    def fit(
-        cls,
-        positive: torch.Tensor | np.ndarray,
-        negative: torch.Tensor | np.ndarray,
-        *,
-        layers: Sequence[int],
-        num_layers: int,
-        alpha: float = 1.0,
-        site: str = "residual",
-        layer_path: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> LeaceEditor:
-        """LEACE erasers from ``(N+, L, d)`` positive and ``(N-, L, d)`` negative
-        activations (the counts may differ)."""
-        pos, neg = activation_pair(positive, negative, layers, paired=False)
-        fitted = [fit_eraser(pos[:, i], neg[:, i]) for i in range(pos.shape[1])]
-        return cls(
-            layers=tuple(int(i) for i in layers),
-            means=tuple(mean.float().contiguous() for mean, _, _ in fitted),
-            proj_left=tuple(left.float().contiguous() for _, left, _ in fitted),
-            proj_right=tuple(right.float().contiguous() for _, _, right in fitted),
-            hidden_size=int(pos.shape[2]),
-            num_layers=int(num_layers),
-            site=site,
-            alpha=float(alpha),
-            layer_path=layer_path,
-            metadata={
-                "n_positive": int(pos.shape[0]),
-                "n_negative": int(neg.shape[0]),
-                "erased_rank": [int(left.norm(dim=0).gt(0).sum()) for _, left, _ in fitted],
-                **dict(metadata or {}),
-            },
-        )
-
-    def with_options(self, *, alpha: float | None = None) -> LeaceEditor:
-        """A copy with another strength."""
-        return self if alpha is None else dataclasses.replace(self, alpha=float(alpha))
+    def _fit_layers(
+        cls, positive: torch.Tensor, negative: torch.Tensor
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:func:`fit_eraser` at each layer, stored as contiguous float32 factors."""
+        fitted = [fit_eraser(positive[:, i], negative[:, i]) for i in range(positive.shape[1])]
+        fields = {
+            "means": tuple(mean.float().contiguous() for mean, _, _ in fitted),
+            "proj_left": tuple(left.float().contiguous() for _, left, _ in fitted),
+            "proj_right": tuple(right.float().contiguous() for _, _, right in fitted),
+        }
+        info = {
+            "n_positive": int(positive.shape[0]),
+            "n_negative": int(negative.shape[0]),
+            "erased_rank": [int(left.norm(dim=0).gt(0).sum()) for _, left, _ in fitted],
+        }
+        return fields, info
 
     def correction(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """``A B (h − μ)`` for activations ``(..., d)``, in float32 on their device."""
@@ -172,37 +138,3 @@ class LeaceEditor(EditorBase):
             return hidden
         erased = hidden.to(torch.float32) - self.alpha * self.correction(hidden, layer)
         return erased.to(hidden.dtype)
-
-    def attach(self, model: nn.Module) -> HookHandle:
-        """Erase the label from ``model``'s activations until ``handle.remove()``."""
-        return self._hook(model, self.layers, lambda layer, hidden: self.edit(hidden, layer))
-
-    def save(self, path: str | Path) -> Path:
-        """Write the editor to one ``.safetensors`` file, atomically."""
-        tensors: dict[str, torch.Tensor] = {}
-        for layer, mean, left, right in zip(
-            self.layers, self.means, self.proj_left, self.proj_right, strict=True
-        ):
-            tensors[f"layer.{layer}.mean"] = mean
-            tensors[f"layer.{layer}.proj_left"] = left
-            tensors[f"layer.{layer}.proj_right"] = right
-        return write_editor_file(path, tensors, common_header(self, FORMAT_NAME, FORMAT_VERSION))
-
-    @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None) -> LeaceEditor:
-        """Read and validate a LEACE editor file (and its fit to ``model``)."""
-
-        def build(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LeaceEditor:
-            fields = common_fields(header)
-            per_kind = {
-                kind: tuple(tensors[f"layer.{layer}.{kind}"] for layer in fields["layers"])
-                for kind in _KINDS
-            }
-            return cls(
-                means=per_kind["mean"],
-                proj_left=per_kind["proj_left"],
-                proj_right=per_kind["proj_right"],
-                **fields,
-            )
-
-        return load_checked(path, FORMAT_NAME, FORMAT_VERSION, COMMON_KEYS, _KINDS, build, model)

@@ -35,11 +35,19 @@ from transformers.pytorch_utils import Conv1D
 
 from ..demos import Demonstration, answer_text
 from ..editor_base import EditorBase
-from ..editor_file import EditorFileError, read_editor_file, write_editor_file
+from ..editor_file import EditorFileError, write_editor_file
 from ..hooks import HookHandle
-from ..layers import SITES, find_decoder_layers, hidden_size_of, parse_layers
+from ..layers import find_decoder_layers, hidden_size_of, parse_layers
 from ..progress import progress_bar
 from ..tokens import encode_pair, input_device, model_inputs, pad_batch, pad_id_of
+from ._common import (
+    EDITOR_KEYS,
+    check_alpha,
+    check_site,
+    editor_fields,
+    editor_header,
+    load_validated,
+)
 
 FORMAT_NAME = "spectral-edit/lora"
 FORMAT_VERSION = 1
@@ -366,12 +374,10 @@ class LoRAEditor(EditorBase):
                 raise ValueError(f"{name}: LoRA factors must be floating point")
             if not math.isfinite(scaling):
                 raise ValueError(f"{name}: scaling must be finite, got {scaling}")
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha must be finite, got {self.alpha}")
+        check_alpha(self.alpha)
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError("hidden_size and num_layers must be positive")
-        if self.site not in SITES:
-            raise ValueError(f"site must be one of {SITES}, not {self.site!r}")
+        check_site(self.site)
 
     @classmethod
     def train(
@@ -486,6 +492,12 @@ class LoRAEditor(EditorBase):
             found[name] = module
         return found
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`EditorFileError` unless width and layer count fit ``model`` and
+        every adapted module is a linear layer of it with the factors' ``(in, out)``."""
+        super().check_model(model)
+        self.locate(model)
+
     def attach(self, model: nn.Module) -> HookHandle:
         """Add the adapters' deltas to ``model`` until ``handle.remove()``."""
         modules = self.locate(model)
@@ -511,18 +523,14 @@ class LoRAEditor(EditorBase):
 
     def save(self, path: str | Path) -> Path:
         """Write the editor to one ``.safetensors`` file, atomically."""
-        header = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "modules": list(self.modules),
-            "scalings": list(self.scalings),
-            "alpha": self.alpha,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "site": self.site,
-            "layer_path": self.layer_path,
-            "metadata": dict(self.metadata),
-        }
+        header = editor_header(
+            self,
+            FORMAT_NAME,
+            FORMAT_VERSION,
+            modules=list(self.modules),
+            scalings=list(self.scalings),
+            site=self.site,
+        )
         tensors = {}
         for name, a, b in zip(self.modules, self.lora_A, self.lora_B, strict=True):
             tensors[f"{name}.lora_A"] = a
@@ -532,29 +540,20 @@ class LoRAEditor(EditorBase):
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> LoRAEditor:
         """Read and validate a LoRA editor file (and, given ``model``, that it fits)."""
-        path = Path(path)
-        required = ("modules", "scalings", "alpha", "hidden_size", "num_layers")
-        header, tensors = read_editor_file(path, FORMAT_NAME, FORMAT_VERSION, required)
-        try:
-            modules = [str(name) for name in header["modules"]]
-            expected = {f"{name}.{part}" for name in modules for part in ("lora_A", "lora_B")}
-            if set(tensors) != expected:
-                raise EditorFileError(f"tensors {sorted(tensors)} do not match the modules")
-            editor = cls(
-                modules=tuple(modules),
+
+        def names(header: dict[str, Any]) -> set[str]:
+            return {f"{name}.{part}" for name in header["modules"] for part in ("lora_A", "lora_B")}
+
+        def build(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LoRAEditor:
+            modules = tuple(str(name) for name in header["modules"])
+            return cls(
+                modules=modules,
                 lora_A=tuple(tensors[f"{name}.lora_A"] for name in modules),
                 lora_B=tuple(tensors[f"{name}.lora_B"] for name in modules),
                 scalings=tuple(float(s) for s in header["scalings"]),
-                hidden_size=int(header["hidden_size"]),
-                num_layers=int(header["num_layers"]),
-                alpha=float(header["alpha"]),
                 site=header.get("site", "residual"),
-                layer_path=header.get("layer_path"),
-                metadata=header.get("metadata", {}),
+                **editor_fields(header),
             )
-            if model is not None:
-                editor.check_model(model)
-                editor.locate(model)
-        except (ValueError, TypeError) as error:
-            raise EditorFileError(f"{path}: {error}") from error
-        return editor
+
+        required = ("modules", "scalings", *EDITOR_KEYS)
+        return load_validated(path, FORMAT_NAME, FORMAT_VERSION, required, names, build, model)

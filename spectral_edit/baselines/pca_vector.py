@@ -24,139 +24,31 @@ has no principal direction; :meth:`PCAVectorEditor.fit` refuses it.
 File format: tensors ``layer.{l}.direction`` ``(d,)`` (float32), and the header's
 ``scales`` (one float per layer) with the editor's options.
 
-This module also holds the small helpers the PCA and LEACE baselines share
-(:func:`activation_pair`, :func:`common_header`, :func:`load_checked`).
+The helpers the baselines share live in :mod:`._common` (re-exported here for
+compatibility: :func:`activation_pair`, :func:`common_header`, :func:`load_checked`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from ..editor_base import EditorBase
-from ..editor_file import EditorFileError, read_editor_file, write_editor_file
-from ..hooks import HookHandle
-from ..layers import SITES
+from ._common import COMMON_KEYS as COMMON_KEYS
+from ._common import LayerEditor, check_alpha, check_layers, check_vectors
+from ._common import activation_pair as activation_pair
+from ._common import common_fields as common_fields
+from ._common import common_header as common_header
+from ._common import load_checked as load_checked
 
 FORMAT_NAME = "spectral-edit/pca-vector"
 FORMAT_VERSION = 1
 
-COMMON_KEYS = ("layers", "hidden_size", "num_layers", "site", "alpha")
-"""Header keys every baseline editor file has (see :func:`common_header`)."""
-
 _UNIT_TOLERANCE = 1e-3
 _DEGENERATE = 1e-10
-
-Editor = TypeVar("Editor", bound=EditorBase)
-
-
-# --------------------------------------------------------------------- shared helpers
-def activation_pair(
-    positive: torch.Tensor | np.ndarray,
-    negative: torch.Tensor | np.ndarray,
-    layers: Sequence[int],
-    *,
-    paired: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N+, L, d)`` and ``(N-, L, d)`` activations as float64 CPU tensors, checked:
-    one width, ``L == len(layers)``, at least one row each, and ``N+ == N-`` if
-    ``paired`` (row ``i`` of both is one pair)."""
-    pos = _as_tensor(positive)
-    neg = _as_tensor(negative)
-    if pos.ndim != 3 or neg.ndim != 3 or pos.shape[1:] != neg.shape[1:]:
-        raise ValueError(
-            f"expected (N, L, d) arrays of one width, got {tuple(pos.shape)} and {tuple(neg.shape)}"
-        )
-    if pos.shape[1] != len(layers):
-        raise ValueError(f"{len(layers)} layer ids for arrays with {pos.shape[1]} layers")
-    if pos.shape[0] == 0 or neg.shape[0] == 0:
-        raise ValueError("need at least one positive and one negative activation")
-    if paired and pos.shape[0] != neg.shape[0]:
-        raise ValueError(
-            f"paired activations need as many positives as negatives, got {pos.shape[0]} "
-            f"and {neg.shape[0]}"
-        )
-    return pos, neg
-
-
-def _as_tensor(array: torch.Tensor | np.ndarray) -> torch.Tensor:
-    tensor = array if torch.is_tensor(array) else torch.as_tensor(np.asarray(array))
-    return tensor.detach().to("cpu", torch.float64)
-
-
-def check_layers(layers: Sequence[int], num_layers: int, site: str) -> None:
-    """Raise ``ValueError`` unless the layers are distinct, in range, and the site known."""
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"duplicate layers in {tuple(layers)}")
-    for layer in layers:
-        if not 0 <= layer < num_layers:
-            raise ValueError(f"layer {layer} out of range for {num_layers} layers")
-    if site not in SITES:
-        raise ValueError(f"site must be one of {SITES}, not {site!r}")
-
-
-def common_header(editor: Any, format_name: str, format_version: int) -> dict[str, Any]:
-    """The header fields every baseline editor file has (:data:`COMMON_KEYS` and
-    ``layer_path``, ``metadata``)."""
-    return {
-        "format": format_name,
-        "format_version": format_version,
-        "layers": list(editor.layers),
-        "hidden_size": editor.hidden_size,
-        "num_layers": editor.num_layers,
-        "site": editor.site,
-        "alpha": editor.alpha,
-        "layer_path": editor.layer_path,
-        "metadata": dict(editor.metadata),
-    }
-
-
-def common_fields(header: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor keyword arguments for the :func:`common_header` fields."""
-    return {
-        "layers": tuple(int(layer) for layer in header["layers"]),
-        "hidden_size": int(header["hidden_size"]),
-        "num_layers": int(header["num_layers"]),
-        "site": header["site"],
-        "alpha": float(header["alpha"]),
-        "layer_path": header.get("layer_path"),
-        "metadata": header.get("metadata", {}),
-    }
-
-
-def load_checked(
-    path: str | Path,
-    format_name: str,
-    format_version: int,
-    required: tuple[str, ...],
-    kinds: tuple[str, ...],
-    build: Callable[[dict[str, Any], dict[str, torch.Tensor]], Editor],
-    model: nn.Module | None,
-) -> Editor:
-    """Read an editor file whose tensors are exactly ``layer.{l}.{kind}`` for each layer
-    and kind, build the editor with ``build(header, tensors)`` and, with ``model``, check
-    it fits; every failure is an :class:`EditorFileError` naming the file."""
-    path = Path(path)
-    header, tensors = read_editor_file(path, format_name, format_version, required)
-    try:
-        expected = {f"layer.{int(layer)}.{kind}" for layer in header["layers"] for kind in kinds}
-        if set(tensors) != expected:
-            raise EditorFileError(
-                f"tensors {sorted(tensors)} do not match layers {header['layers']}"
-            )
-        editor = build(header, tensors)
-        if model is not None:
-            editor.check_model(model)
-    except (ValueError, TypeError, KeyError) as error:  # EditorFileError is a ValueError
-        raise EditorFileError(f"{path}: {error}") from error
-    return editor
 
 
 # ------------------------------------------------------------------------- the PCA fit
@@ -190,9 +82,10 @@ def pca_direction(differences: torch.Tensor) -> tuple[torch.Tensor, float, float
 
 
 @dataclasses.dataclass(frozen=True)
-class PCAVectorEditor(EditorBase):
+class PCAVectorEditor(LayerEditor):
     """Immutable PCA control-vector editor: a unit ``(d,)`` direction and a scale per layer
-    (see the module docstring)."""
+    (see the module docstring), fitted from paired ``(N, L, d)`` positive and negative
+    activations (row ``i`` of both arrays is one demonstration; ``N >= 2``)."""
 
     layers: tuple[int, ...]
     directions: tuple[torch.Tensor, ...]
@@ -204,60 +97,39 @@ class PCAVectorEditor(EditorBase):
     layer_path: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    _format = (FORMAT_NAME, FORMAT_VERSION)
+    _tensors = (("direction", "directions"),)
+    _scalars = ("scales",)
+    _paired = True
+
     def __post_init__(self) -> None:
         if len(self.directions) != len(self.layers) or len(self.scales) != len(self.layers):
             raise ValueError("one direction and one scale are needed per layer")
         check_layers(self.layers, self.num_layers, self.site)
+        check_vectors("direction", self.layers, self.directions, self.hidden_size)
         for layer, direction, scale in zip(self.layers, self.directions, self.scales, strict=True):
-            if tuple(direction.shape) != (self.hidden_size,):
-                raise ValueError(
-                    f"layer {layer} direction has shape {tuple(direction.shape)}, "
-                    f"expected ({self.hidden_size},)"
-                )
             norm = float(direction.double().norm())
             if not abs(norm - 1.0) <= _UNIT_TOLERANCE:
                 raise ValueError(f"layer {layer} direction has norm {norm:.6g}, expected 1")
             if not math.isfinite(scale):
                 raise ValueError(f"layer {layer} scale {scale} is not finite")
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha {self.alpha} is not finite")
+        check_alpha(self.alpha)
 
     @classmethod
-    def fit(
-        cls,
-        positive: torch.Tensor | np.ndarray,
-        negative: torch.Tensor | np.ndarray,
-        *,
-        layers: Sequence[int],
-        num_layers: int,
-        alpha: float = 1.0,
-        site: str = "residual",
-        layer_path: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> PCAVectorEditor:
-        """PCA control vectors from paired ``(N, L, d)`` positive and negative activations
-        (row ``i`` of both arrays is one demonstration; ``N >= 2``)."""
-        pos, neg = activation_pair(positive, negative, layers, paired=True)
-        fitted = [pca_direction(pos[:, i] - neg[:, i]) for i in range(pos.shape[1])]
-        return cls(
-            layers=tuple(int(i) for i in layers),
-            directions=tuple(direction.float() for direction, _, _ in fitted),
-            scales=tuple(scale for _, scale, _ in fitted),
-            hidden_size=int(pos.shape[2]),
-            num_layers=int(num_layers),
-            site=site,
-            alpha=float(alpha),
-            layer_path=layer_path,
-            metadata={
-                "n_demonstrations": int(pos.shape[0]),
-                "explained_variance": [explained for _, _, explained in fitted],
-                **dict(metadata or {}),
-            },
-        )
-
-    def with_options(self, *, alpha: float | None = None) -> PCAVectorEditor:
-        """A copy with another strength."""
-        return self if alpha is None else dataclasses.replace(self, alpha=float(alpha))
+    def _fit_layers(
+        cls, positive: torch.Tensor, negative: torch.Tensor
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:func:`pca_direction` of each layer's paired differences."""
+        fitted = [pca_direction(positive[:, i] - negative[:, i]) for i in range(positive.shape[1])]
+        fields = {
+            "directions": tuple(direction.float() for direction, _, _ in fitted),
+            "scales": tuple(scale for _, scale, _ in fitted),
+        }
+        info = {
+            "n_demonstrations": int(positive.shape[0]),
+            "explained_variance": [explained for _, _, explained in fitted],
+        }
+        return fields, info
 
     def vector(self, layer: int) -> torch.Tensor:
         """The ``(d,)`` float32 shift ``α s u`` added at ``layer``."""
@@ -267,36 +139,3 @@ class PCAVectorEditor(EditorBase):
     def edit(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """``hidden + α s u`` for activations ``(..., d)``, in their dtype."""
         return hidden + self.vector(layer).to(device=hidden.device, dtype=hidden.dtype)
-
-    def attach(self, model: nn.Module) -> HookHandle:
-        """Steer ``model`` until ``handle.remove()``."""
-        return self._hook(model, self.layers, lambda layer, hidden: self.edit(hidden, layer))
-
-    def save(self, path: str | Path) -> Path:
-        """Write the editor to one ``.safetensors`` file, atomically."""
-        header = {
-            **common_header(self, FORMAT_NAME, FORMAT_VERSION),
-            "scales": list(self.scales),
-        }
-        tensors = {
-            f"layer.{layer}.direction": direction
-            for layer, direction in zip(self.layers, self.directions, strict=True)
-        }
-        return write_editor_file(path, tensors, header)
-
-    @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None) -> PCAVectorEditor:
-        """Read and validate a PCA control-vector file (and its fit to ``model``)."""
-
-        def build(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PCAVectorEditor:
-            fields = common_fields(header)
-            return cls(
-                directions=tuple(tensors[f"layer.{layer}.direction"] for layer in fields["layers"]),
-                scales=tuple(float(scale) for scale in header["scales"]),
-                **fields,
-            )
-
-        required = (*COMMON_KEYS, "scales")
-        return load_checked(
-            path, FORMAT_NAME, FORMAT_VERSION, required, ("direction",), build, model
-        )

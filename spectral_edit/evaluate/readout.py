@@ -139,13 +139,17 @@ def jensen_shannon(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return 0.5 * (kl_pm + kl_qm)
 
 
-def dola_buckets(num_layers: int) -> dict[str, tuple[int, ...]]:
-    """The DoLa paper's candidate buckets, scaled to the model: even hidden-state indices
-    of the lower half (``early``) and of the upper half below the last layer (``late``)."""
+def dola_buckets(num_layers: int, size: int = 3) -> dict[str, tuple[int, ...]]:
+    """Candidate premature layers (``output_hidden_states`` indices), as in the DoLa paper's
+    buckets: ``size`` evenly spaced layers from the lower half (``early``) and from the
+    upper half below the final layer (``late``). The paper takes every second layer of a
+    bucket (8 candidates for 32 layers); each candidate costs one more LM-head pass per
+    scored token, so the default keeps 3."""
     half = num_layers // 2
+    step = max(1, -(-half // size))
     return {
-        "early": tuple(range(0, half, 2)),
-        "late": tuple(range(half, num_layers, 2)),
+        "early": tuple(range(0, half, step))[:size],
+        "late": tuple(range(half, num_layers, step))[:size],
     }
 
 
