@@ -91,3 +91,44 @@ def test_sea_demo_command(tmp_path):
         assert "MC1" in (out / "report.md").read_text()
     else:
         assert "TruthfulQA is not available" in result.output
+
+
+def test_baselines_and_dola_on_gemma(real_model):
+    """ITI finds Gemma 3's wide heads (4 × 256 in a 640-wide stream); LoRA trains on a
+    copy and its hooks reproduce the trained copy; DoLa's final norm maps the last layer
+    to the model's own final state."""
+    from spectral_edit.baselines import ITIEditor, LoRAEditor
+    from spectral_edit.evaluate.heads import final_norm
+    from spectral_edit.evaluate.readout import DoLaReadout
+    from spectral_edit.hooks import hooked
+    from spectral_edit.layers import find_decoder_layers
+
+    model, tokenizer = real_model
+    demos = read_demos(shipped_demos_path())[:8]
+    prompt = demos[0].prompt
+    plain = _last_logits(model, tokenizer, prompt)
+
+    iti = ITIEditor.fit_model(model, tokenizer, demos, layers="16,17", top_k=2, alpha=10.0)
+    assert (iti.num_heads, iti.head_dim) == (4, 256) and len(iti.heads) == 2
+    with iti.apply(model):
+        assert not torch.allclose(_last_logits(model, tokenizer, prompt), plain, atol=1e-3)
+    with iti.with_options(alpha=0.0).apply(model):
+        assert torch.equal(_last_logits(model, tokenizer, prompt), plain)
+
+    before = {k: v.clone() for k, v in list(model.state_dict().items())[:4]}
+    lora = LoRAEditor.train(model, tokenizer, demos, layers=[17], steps=2, batch_size=4)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert len(lora.metadata["loss_curve"]) == 2
+    with lora.apply(model):
+        assert not torch.equal(_last_logits(model, tokenizer, prompt), plain)
+    assert torch.equal(_last_logits(model, tokenizer, prompt), plain)
+
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    seen = {}
+    with hooked({0: find_decoder_layers(model)[-1]}, lambda k, h: seen.update(raw=h)):
+        final = model.base_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(final_norm(model)(seen["raw"]), final, atol=1e-4, rtol=1e-4)
+    request = [ChoiceRequest(prompt, (" " + demos[0].positive, " " + demos[0].negative))]
+    dola = score_requests(model, tokenizer, request, readout=DoLaReadout((0, 3, 6)))
+    base = score_requests(model, tokenizer, request)
+    assert [s.logprob for s in dola[0]] != [s.logprob for s in base[0]]
