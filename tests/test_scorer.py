@@ -107,3 +107,17 @@ def test_context_equal_to_prefix(share_contexts):
         for continuation, score in zip(request.continuations, scores, strict=True):
             expected, _ = _plain_logprob(model, tokenizer, request.context, continuation)
             assert abs(score.logprob - expected) < 1e-4
+
+
+def test_scorer_finds_the_decoder_when_base_model_prefix_is_wrong():
+    """transformers 4.57's Gemma 3 names a ``language_model`` prefix it does not have, so
+    ``model.base_model`` is the model itself; the decoder is then found by its layers."""
+    from spectral_edit.evaluate.heads import decoder_and_head
+
+    model, tokenizer = make_tiny_model("gemma3"), make_tiny_tokenizer()
+    expected = score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX)
+    model.base_model_prefix = "language_model"  # instance attribute: the class is untouched
+    assert model.base_model is model
+    base, head = decoder_and_head(model)
+    assert base is model.model and head is model.lm_head
+    assert score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX) == expected

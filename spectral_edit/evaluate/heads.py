@@ -12,10 +12,23 @@ _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "nor
 
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The base model (whose output is the final-normed hidden state) and the LM head."""
+    """The base model (whose output is the final-normed hidden state) and the LM head.
+
+    ``model.base_model`` where it names the decoder; otherwise (e.g. transformers 4.57's
+    Gemma 3, whose ``base_model_prefix`` names a submodule that does not exist) the one
+    child module that holds the decoder layers.
+    """
     base = getattr(model, "base_model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if base is None or base is model or head is None:
+    if base is model or base is None:
+        blocks = find_decoder_layers(model)
+        owners = [
+            child
+            for child in model.children()
+            if child is not head and any(m is blocks for m in child.modules())
+        ]
+        base = owners[0] if len(owners) == 1 else None
+    if base is None or head is None:
         raise TypeError(f"{type(model).__name__} is not a causal LM with a separate LM head")
     return base, head
 
