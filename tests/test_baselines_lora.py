@@ -219,3 +219,24 @@ def test_labels_mask_the_prompt_and_padding(tiny_tokenizer):
         logits[:, :-1][predicts_answer[:, :-1]], targets[:, 1:][predicts_answer[:, :-1]]
     )
     torch.testing.assert_close(masked_lm_loss(logits, targets), manual)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_training_loss_uses_the_head_only_where_it_is_needed(arch):
+    """The training loss (LM head at answer positions only) equals the masked loss of
+    the model's full logits."""
+    from spectral_edit.baselines.lora import _forward_loss, answer_example, collate_examples
+    from spectral_edit.tokens import model_inputs, pad_id_of
+
+    model, tokenizer = make_tiny_model(arch), make_tiny_tokenizer()
+    examples = [
+        answer_example(tokenizer, "q: what is it\na:", "a cat"),
+        answer_example(tokenizer, "q: where\na:", "on the big mat"),
+    ]
+    batch = collate_examples(examples, pad_id_of(tokenizer))
+    ids, mask, positions, labels = batch
+    logits = model(**model_inputs(model, ids, mask, positions), use_cache=False).logits
+    for reduction in ("mean", "sum"):
+        torch.testing.assert_close(
+            _forward_loss(model, batch, reduction), masked_lm_loss(logits, labels, reduction)
+        )

@@ -36,6 +36,7 @@ from transformers.pytorch_utils import Conv1D
 from ..demos import Demonstration, answer_text
 from ..editor_base import EditorBase
 from ..editor_file import EditorFileError, write_editor_file
+from ..evaluate.heads import decoder_and_head, lm_head_logits
 from ..hooks import HookHandle
 from ..layers import find_decoder_layers, hidden_size_of, parse_layers
 from ..progress import progress_bar
@@ -199,9 +200,15 @@ def masked_lm_loss(
 def _forward_loss(
     model: nn.Module, batch: tuple[torch.Tensor, ...], reduction: str = "mean"
 ) -> torch.Tensor:
+    """:func:`masked_lm_loss` of the batch, with the LM head applied only at the positions
+    that predict answer tokens (the head dominates the cost with large vocabularies)."""
     ids, mask, positions, labels = batch
-    logits = model(**model_inputs(model, ids, mask, positions), use_cache=False).logits
-    return masked_lm_loss(logits, labels, reduction)
+    base, _ = decoder_and_head(model)
+    hidden = base(**model_inputs(model, ids, mask, positions), use_cache=False).last_hidden_state
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    logits = lm_head_logits(model, hidden[:, :-1][keep])
+    return F.cross_entropy(logits, targets[keep], reduction=reduction)
 
 
 @torch.no_grad()
