@@ -309,3 +309,88 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self._start
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    """What every runner does before fitting: parse, load, read, score the unedited model."""
+
+    tag: str
+    args: argparse.Namespace
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    shims: list[str]
+    layers: list[int]
+    pairs: list[tuple[str, str]]
+    questions: list[MCQuestion]
+    unedited: Evaluation
+    load_seconds: float
+
+    @classmethod
+    def start(cls, tag: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Run:
+        args = parse_args(parser, argv)
+        with Timer() as load:
+            model, tokenizer, shims = load_model(args.model, args.device)
+        layers = resolve_layers(args.layers, model)
+        pairs = demo_pairs(args.demos)
+        questions = load_questions(args.data_dir, args.mc_file, args.fold, args.limit)
+        print(f"[{tag}] {len(pairs)} pairs, layers {layers}, {len(questions)} questions")
+        unedited = evaluate(model, tokenizer, questions, args.batch_size)
+        summary = unedited.summary
+        print(f"[{tag}] unedited: MC1 {summary['mc1']:.2f} MC2 {summary['mc2']:.2f}")
+        return cls(
+            tag,
+            args,
+            model,
+            tokenizer,
+            list(shims),
+            layers,
+            pairs,
+            questions,
+            unedited,
+            load.seconds,
+        )
+
+    def sweep(self, steer: Steer, model: torch.nn.Module | None = None) -> list[dict[str, Any]]:
+        """:func:`sweep` over the run's strengths (``model``: what the scorer runs)."""
+        return sweep(
+            model or self.model,
+            self.tokenizer,
+            self.questions,
+            self.args.strength,
+            steer,
+            self.unedited,
+            self.args.batch_size,
+        )
+
+    def finish(
+        self,
+        rows: list[dict[str, Any]],
+        fit_seconds: float,
+        packages: Sequence[str],
+        description: dict[str, Any],
+        extra_seconds: dict[str, float] | None = None,
+    ) -> int:
+        """Write the result file: ``description`` (peer, method, ...) then the common parts."""
+        payload = {
+            **description,
+            "versions": versions(packages),
+            "config": run_info(self.args, self.layers, len(self.pairs)),
+            "compat_shims": self.shims,
+            "seconds": {
+                "model_load": self.load_seconds,
+                "fit": fit_seconds,
+                "eval_unedited": self.unedited.summary["seconds"],
+                "eval_per_strength": [row["eval_seconds"] for row in rows],
+                **(extra_seconds or {}),
+            },
+            "unedited": {k: self.unedited.summary[k] for k in ("mc1", "mc2", "mc3", "n")},
+            "results": rows,
+            "checks": checks(rows),
+        }
+        write_result(self.args.out, payload)
+        print(f"[{self.tag}] checks {payload['checks']}; wrote {self.args.out}")
+        return 0

@@ -20,21 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from _common import (
-    Timer,
-    build_parser,
-    checks,
-    demo_pairs,
-    evaluate,
-    load_model,
-    load_questions,
-    parse_args,
-    resolve_layers,
-    run_info,
-    sweep,
-    versions,
-    write_result,
-)
+from _common import Run, Timer, build_parser
 
 from spectral_edit.baselines.mean_diff import MeanDifferenceEditor
 from spectral_edit.baselines.pca_vector import PCAVectorEditor
@@ -65,48 +51,23 @@ def vector_info(editor: MeanDifferenceEditor | PCAVectorEditor) -> dict[str, dic
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(__doc__.splitlines()[0], "alpha value(s) (0 = unedited)")
     parser.add_argument("--method", choices=sorted(EDITORS), required=True)
-    args = parse_args(parser, argv)
-    with Timer() as load:
-        model, tokenizer, shims = load_model(args.model, args.device)
-    layers = resolve_layers(args.layers, model)
-    pairs = demo_pairs(args.demos)
-    questions = load_questions(args.data_dir, args.mc_file, args.fold, args.limit)
-    print(f"[{args.method}] {len(pairs)} pairs, layers {layers}, {len(questions)} questions")
-
-    unedited = evaluate(model, tokenizer, questions, args.batch_size)
+    run = Run.start(parser.parse_known_args(argv)[0].method, parser, argv)
+    model, tokenizer, layers = run.model, run.tokenizer, run.layers
     with Timer() as fit:
-        pos = capture(model, tokenizer, [p for p, _ in pairs], layers=layers)
-        neg = capture(model, tokenizer, [n for _, n in pairs], layers=layers)
-        editor = EDITORS[args.method].fit(
+        pos = capture(model, tokenizer, [p for p, _ in run.pairs], layers=layers)
+        neg = capture(model, tokenizer, [n for _, n in run.pairs], layers=layers)
+        editor = EDITORS[run.args.method].fit(
             pos, neg, layers=layers, num_layers=len(find_decoder_layers(model))
         )
-    print(f"[{args.method}] fit {fit.seconds:.1f} s")
-
-    def steer(strength: float):
-        return editor.with_options(alpha=strength).apply(model)
-
-    rows = sweep(model, tokenizer, questions, args.strength, steer, unedited, args.batch_size)
-    payload = {
-        "peer": f"spectral_edit {args.method}",
-        "method": f"capture(token='last') + {EDITORS[args.method].__name__}.fit + "
+    print(f"[{run.tag}] fit {fit.seconds:.1f} s")
+    rows = run.sweep(lambda strength: editor.with_options(alpha=strength).apply(model))
+    description = {
+        "peer": f"spectral_edit {run.args.method}",
+        "method": f"capture(token='last') + {EDITORS[run.args.method].__name__}.fit + "
         "with_options(alpha=strength).apply(model)",
-        "versions": versions([]),
-        "config": run_info(args, layers, len(pairs)),
-        "compat_shims": shims,
-        "seconds": {
-            "model_load": load.seconds,
-            "fit": fit.seconds,
-            "eval_unedited": unedited.summary["seconds"],
-            "eval_per_strength": [row["eval_seconds"] for row in rows],
-        },
         **vector_info(editor),
-        "unedited": {k: unedited.summary[k] for k in ("mc1", "mc2", "mc3", "n")},
-        "results": rows,
-        "checks": checks(rows),
     }
-    write_result(args.out, payload)
-    print(f"[{args.method}] checks {payload['checks']}; wrote {args.out}")
-    return 0
+    return run.finish(rows, fit.seconds, [], description)
 
 
 if __name__ == "__main__":

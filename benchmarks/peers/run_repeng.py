@@ -38,21 +38,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from _common import (
-    Timer,
-    build_parser,
-    checks,
-    demo_pairs,
-    evaluate,
-    load_model,
-    load_questions,
-    parse_args,
-    resolve_layers,
-    run_info,
-    sweep,
-    versions,
-    write_result,
-)
+from _common import Run, Timer, build_parser
 from repeng import ControlModel, ControlVector, DatasetEntry
 from repeng.control import model_layer_list
 
@@ -112,74 +98,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         __doc__.splitlines()[0],
         "repeng coeff(s) on the unit direction (0 = unedited), e.g. 0 50 100",
     )
-    args = parse_args(parser, argv)
-    with Timer() as load:
-        model, tokenizer, shims = load_model(args.model, args.device)
-    layers = resolve_layers(args.layers, model)
-    pairs = demo_pairs(args.demos)
-    questions = load_questions(args.data_dir, args.mc_file, args.fold, args.limit)
-    print(f"[repeng] {len(pairs)} pairs, layers {layers}, {len(questions)} questions")
-
-    unedited = evaluate(model, tokenizer, questions, args.batch_size)
-    print(f"[repeng] unedited: MC1 {unedited.summary['mc1']:.2f} MC2 {unedited.summary['mc2']:.2f}")
-
+    run = Run.start("repeng", parser, argv)
     with Timer() as fit:
-        control_model = ControlModel(model, layers)
-        shims += copy_attention_types(control_model)
-        dataset = [DatasetEntry(positive=p, negative=n) for p, n in pairs]
+        control_model = ControlModel(run.model, run.layers)
+        run.shims += copy_attention_types(control_model)
+        dataset = [DatasetEntry(positive=p, negative=n) for p, n in run.pairs]
         vector = ControlVector.train(
             control_model,
-            tokenizer,
+            run.tokenizer,
             dataset,
             method="pca_diff",
-            hidden_layers=layers,
-            batch_size=args.fit_batch_size,
+            hidden_layers=run.layers,
+            batch_size=run.args.fit_batch_size,
         )
     print(f"[repeng] fit {fit.seconds:.1f} s")
     control_model.reset()
     hf_model = control_model.model  # what our scorer runs (blocks wrapped in place)
-
-    def steer(strength: float):
-        return controlled(control_model, vector, strength)
-
-    rows = sweep(hf_model, tokenizer, questions, args.strength, steer, unedited, args.batch_size)
+    rows = run.sweep(lambda strength: controlled(control_model, vector, strength), hf_model)
 
     restored = control_model.unwrap()  # plain decoder blocks again, for our capture
     with Timer() as reference:
-        projected = projections(restored, tokenizer, pairs, layers, vector.directions)
+        projected = projections(restored, run.tokenizer, run.pairs, run.layers, vector.directions)
     mean_abs_s = float(np.mean([abs(p["s"]) for p in projected.values()]))
     for row in rows:
         row["alpha_per_layer"] = {
             k: (row["strength"] / p["s"] if p["s"] else None) for k, p in projected.items()
         }
-    payload = {
+    print(f"[repeng] mean |s_l| {mean_abs_s:.3g}")
+    description = {
         "peer": "repeng",
         "method": "ControlModel(model, layers) + ControlVector.train(method='pca_diff', "
         "hidden_layers=layers) + ControlModel.set_control(vector, coeff=strength)",
         "strength_meaning": "coeff times the unit PCA direction u_l, added to every token's "
         "decoder-block output; our PCA-vector alpha = coeff / s_l",
-        "versions": versions(["repeng"]),
-        "config": run_info(args, layers, len(pairs)),
-        "compat_shims": shims,
-        "seconds": {
-            "model_load": load.seconds,
-            "fit": fit.seconds,
-            "eval_unedited": unedited.summary["seconds"],
-            "eval_per_strength": [row["eval_seconds"] for row in rows],
-            "scale_capture": reference.seconds,
-        },
         "direction_norms": {
             str(k): float(np.linalg.norm(v)) for k, v in sorted(vector.directions.items())
         },
         "projection_on_direction": projected,
         "mean_abs_s": mean_abs_s,
-        "unedited": {k: unedited.summary[k] for k in ("mc1", "mc2", "mc3", "n")},
-        "results": rows,
-        "checks": checks(rows),
     }
-    write_result(args.out, payload)
-    print(f"[repeng] mean |s_l| {mean_abs_s:.3g}; checks {payload['checks']}; wrote {args.out}")
-    return 0
+    return run.finish(
+        rows, fit.seconds, ["repeng"], description, {"scale_capture": reference.seconds}
+    )
 
 
 if __name__ == "__main__":

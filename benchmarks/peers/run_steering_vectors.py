@@ -22,21 +22,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from _common import (
-    Timer,
-    build_parser,
-    checks,
-    demo_pairs,
-    evaluate,
-    load_model,
-    load_questions,
-    parse_args,
-    resolve_layers,
-    run_info,
-    sweep,
-    versions,
-    write_result,
-)
+from _common import Run, Timer, build_parser
 from steering_vectors import train_steering_vector
 
 
@@ -45,55 +31,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         __doc__.splitlines()[0],
         "multiplier(s) of the mean-difference vector (0 = unedited), e.g. 0 0.5 1 2",
     )
-    args = parse_args(parser, argv)
-    with Timer() as load:
-        model, tokenizer, shims = load_model(args.model, args.device)
-    layers = resolve_layers(args.layers, model)
-    pairs = demo_pairs(args.demos)
-    questions = load_questions(args.data_dir, args.mc_file, args.fold, args.limit)
-    print(f"[sv] {len(pairs)} pairs, layers {layers}, {len(questions)} questions")
-
-    unedited = evaluate(model, tokenizer, questions, args.batch_size)
-    print(f"[sv] unedited: MC1 {unedited.summary['mc1']:.2f} MC2 {unedited.summary['mc2']:.2f}")
+    run = Run.start("sv", parser, argv)
     with Timer() as fit:
         vector = train_steering_vector(
-            model,
-            tokenizer,
-            pairs,
-            layers=layers,
+            run.model,
+            run.tokenizer,
+            run.pairs,
+            layers=run.layers,
             read_token_index=-1,
-            batch_size=args.fit_batch_size,
+            batch_size=run.args.fit_batch_size,
         )
     print(f"[sv] fit {fit.seconds:.1f} s")
-    norms = {str(k): float(v.norm()) for k, v in sorted(vector.layer_activations.items())}
-
-    def steer(strength: float):
-        return vector.apply(model, multiplier=strength)
-
-    rows = sweep(model, tokenizer, questions, args.strength, steer, unedited, args.batch_size)
-    payload = {
+    rows = run.sweep(lambda strength: vector.apply(run.model, multiplier=strength))
+    description = {
         "peer": "steering-vectors",
         "method": "train_steering_vector (mean_aggregator, read_token_index=-1, "
         "layer_type=decoder_block) + SteeringVector.apply(multiplier=strength)",
         "strength_meaning": "multiplier of the per-layer mean difference mean(h+ - h-), "
         "added to every token's decoder-block output (= our mean-diff alpha)",
-        "versions": versions(["steering-vectors"]),
-        "config": run_info(args, layers, len(pairs)),
-        "compat_shims": shims,
-        "seconds": {
-            "model_load": load.seconds,
-            "fit": fit.seconds,
-            "eval_unedited": unedited.summary["seconds"],
-            "eval_per_strength": [row["eval_seconds"] for row in rows],
+        "vector_norms": {
+            str(k): float(v.norm()) for k, v in sorted(vector.layer_activations.items())
         },
-        "vector_norms": norms,
-        "unedited": {k: unedited.summary[k] for k in ("mc1", "mc2", "mc3", "n")},
-        "results": rows,
-        "checks": checks(rows),
     }
-    write_result(args.out, payload)
-    print(f"[sv] checks {payload['checks']}; wrote {args.out}")
-    return 0
+    return run.finish(rows, fit.seconds, ["steering-vectors"], description)
 
 
 if __name__ == "__main__":
