@@ -35,7 +35,7 @@ from .evaluate.control import evaluate_control
 from .evaluate.truthfulqa import evaluate_truthfulqa, question_prompt
 from .jobs import StageStore, options_key
 from .methods import METHODS, FitContext, Intervention, MethodSpec, setting_id
-from .report import fmt, markdown_table, print_table, write_json
+from .report import fmt, markdown_table, print_table, read_json, write_json
 from .tokens import encode, encode_pair
 
 DEFAULT_CONTROL_TASKS = (
@@ -75,20 +75,39 @@ class _MethodRun:
     spec: MethodSpec
     ctx: FitContext
     folder: Path
+    state_key: str = ""
     state: Any = None
     prepared: bool = False
     prepare_seconds: float = 0.0
     configured: dict[str, tuple[Intervention, float]] = field(default_factory=dict)
+
+    def _prepare(self) -> None:
+        """Prepare the state, or load it where an earlier run saved it for this key."""
+        path, meta = self.folder / "prepared.safetensors", self.folder / "prepared.json"
+        saved = read_json(meta) if meta.is_file() else None
+        if (
+            self.spec.load_state is not None
+            and path.is_file()
+            and isinstance(saved, dict)
+            and saved.get("key") == self.state_key
+        ):
+            self.state = self.spec.load_state(path)
+            self.prepare_seconds = float(saved["seconds"])
+        else:
+            started = time.perf_counter()
+            self.state = self.spec.prepare(self.ctx)
+            self.prepare_seconds = time.perf_counter() - started
+            if self.spec.load_state is not None:
+                self.state.save(path)
+                write_json(meta, {"key": self.state_key, "seconds": self.prepare_seconds})
+        self.prepared = True
 
     def intervention(self, setting: Mapping[str, Any]) -> tuple[Intervention, float]:
         """The configured intervention and the seconds configuring it took."""
         sid = setting_id(setting)
         if sid not in self.configured:
             if not self.prepared:
-                started = time.perf_counter()
-                self.state = self.spec.prepare(self.ctx)
-                self.prepare_seconds = time.perf_counter() - started
-                self.prepared = True
+                self._prepare()
             started = time.perf_counter()
             intervention = self.spec.configure(self.state, setting, self.ctx)
             self.configured[sid] = (intervention, time.perf_counter() - started)
@@ -218,6 +237,7 @@ def _run_method(
     model, tokenizer = run.ctx.model, run.ctx.tokenizer
     store = StageStore(run.folder, console)
     method_key = {**base_key, "method": run.spec.name, "description": run.spec.description}
+    run.state_key = options_key(method_key)
     units: dict[str, dict[int, dict[str, Any]]] = {setting_id(s): {} for s in run.spec.grid}
 
     def scored(setting: Mapping[str, Any], fold: int) -> dict[str, Any]:

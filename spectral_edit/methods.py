@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,7 +109,9 @@ class FitContext:
 @dataclass(frozen=True)
 class MethodSpec:
     """``prepare(ctx)`` does the expensive work once; ``configure(state, setting, ctx)``
-    turns it into an :class:`Intervention` for one setting of ``grid``."""
+    turns it into an :class:`Intervention` for one setting of ``grid``. Where the prepared
+    state is an editor (``state.save(path)``), ``load_state(path)`` reads it back, so a
+    resumed comparison does not prepare (e.g. train) again."""
 
     name: str
     description: str
@@ -116,6 +119,7 @@ class MethodSpec:
     prepare: Callable[[FitContext], Any]
     configure: Callable[[Any, Setting, FitContext], Intervention]
     uses_activations: bool = False
+    load_state: Callable[[Path], Any] | None = None
 
 
 def _grid(**axes: Sequence[Any]) -> tuple[dict[str, Any], ...]:
@@ -194,6 +198,18 @@ def _prepare_lora(ctx: FitContext) -> Any:
     )
 
 
+def _load_iti(path: Path) -> Any:
+    from .baselines import ITIEditor
+
+    return ITIEditor.load(path)
+
+
+def _load_lora(path: Path) -> Any:
+    from .baselines import LoRAEditor
+
+    return LoRAEditor.load(path)
+
+
 def _with_options(state: Any, setting: Setting, ctx: FitContext) -> Intervention:
     return Intervention(state.with_options(**setting))
 
@@ -255,6 +271,7 @@ METHODS: dict[str, MethodSpec] = {
             ITI_GRID,
             _prepare_iti,
             _with_options,
+            load_state=_load_iti,
         ),
         MethodSpec(
             "leace",
@@ -270,6 +287,7 @@ METHODS: dict[str, MethodSpec] = {
             _grid(alpha=(0.5, 1.0, 1.5, 2.0)),
             _prepare_lora,
             _with_options,
+            load_state=_load_lora,
         ),
         MethodSpec(
             "dola",

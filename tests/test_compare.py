@@ -226,3 +226,50 @@ def test_sea_compare_cli(tiny_model_dir, tmp_path):
     assert report["methods"]["sea"]["control_tasks"]["arc_easy"] >= 0
     bad = CliRunner().invoke(app, [*args[:5], "--methods", "none,magic"])
     assert bad.exit_code == 2 and "unknown method" in bad.output
+
+
+def test_a_prepared_editor_is_saved_and_not_prepared_again(tmp_path, data_dir):
+    """An expensive preparation (ITI probes, LoRA training) is stored with the units: a
+    resumed run loads it instead of preparing again, and scores the same."""
+    from spectral_edit.baselines import MeanDifferenceEditor
+
+    model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
+    prepared = []
+
+    def prepare(ctx):
+        prepared.append(1)
+        layers, _, positive, negative = ctx.arrays("all")
+        return MeanDifferenceEditor.fit(positive, negative, layers=layers, num_layers=2)
+
+    spec = MethodSpec(
+        "trained",
+        "a stand-in for a trained editor",
+        ({"alpha": 0.5}, {"alpha": 2.0}),
+        prepare,
+        lambda state, setting, ctx: Intervention(state.with_options(**setting)),
+        load_state=MeanDifferenceEditor.load,
+    )
+    options = dataclasses.replace(OPTIONS, methods=("trained",), control_tasks=("boolq",))
+    run = lambda: run_compare(  # noqa: E731
+        model,
+        tokenizer,
+        DEMOS,
+        _folds(),
+        options,
+        tmp_path,
+        data_dir=data_dir,
+        registry={"trained": spec},
+        console=Console(quiet=True),
+    )
+    first = run()
+    assert prepared == [1] and (tmp_path / "units" / "trained" / "prepared.safetensors").is_file()
+    for unit in (tmp_path / "units" / "trained").glob("alpha=2.0--truthfulqa-*.json"):
+        unit.unlink()
+    again = run()
+    assert prepared == [1]  # loaded, not prepared again
+    scores = lambda report: {  # noqa: E731
+        (sid, fold): (s["mc1"], s["mc2"], s["mc3"])
+        for sid, by_fold in report["methods"]["trained"]["tuning"].items()
+        for fold, s in by_fold.items()
+    }
+    assert scores(again) == scores(first)
