@@ -108,39 +108,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 # ----------------------------------------------------------------------------- inputs
 
 
-def expose_base_model(model: torch.nn.Module) -> str | None:
-    """Make ``model.base_model`` the decoder stack when transformers 4.x does not.
-
-    Our scorer runs ``model.base_model`` and then the LM head. transformers 4.57 declares
-    ``Gemma3ForCausalLM.base_model_prefix = "language_model"`` (shared with the multimodal
-    class) although the text model's decoder is ``model.model``, so ``model.base_model`` is
-    the whole causal LM and the scorer refuses it; transformers 5 declares ``"model"``.
-    This sets the instance's ``base_model_prefix`` to ``"model"`` in that case (an
-    attribute override, no forward patching) and returns a note for the result file, or
-    ``None`` when nothing had to change.
-    """
-    if getattr(model, "base_model", None) is not model:
-        return None
-    inner = getattr(model, "model", None)
-    if not isinstance(inner, torch.nn.Module):
-        return None
-    old = model.base_model_prefix
-    model.base_model_prefix = "model"
-    return (
-        f"{type(model).__name__}.base_model_prefix {old!r} -> 'model' on the instance "
-        "(transformers 4.x: model.base_model was the causal LM itself, not its decoder)"
-    )
-
-
 def load_model(
     model_dir: Path, device: str
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, list[str]]:
-    """Float32 causal LM (eval mode) and its tokenizer from a local folder, and the notes
-    of the compatibility shims applied (see :func:`expose_base_model`)."""
+    """Float32 causal LM (eval mode) and its tokenizer from a local folder, and the list of
+    compatibility shims applied to it (a runner adds its own). None are needed for loading:
+    transformers 4.57's Gemma 3 names a ``base_model_prefix`` it does not have, and our
+    scorer finds the decoder by its layers then (``evaluate.heads.decoder_and_head``)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    note = expose_base_model(model)
-    return model.to(device).eval(), tokenizer, [note] if note else []
+    return model.to(device).eval(), tokenizer, []
 
 
 def demo_pairs(path: Path) -> list[tuple[str, str]]:

@@ -41,7 +41,7 @@ from .metrics import (
     extract_final_number,
     gsm8k_exact_match,
 )
-from .readout import FINAL, Readout
+from .readout import FINAL, FinalLayerReadout, Readout
 from .scorer import ChoiceRequest, score_requests
 
 __all__ = [
@@ -341,7 +341,7 @@ def evaluate_control(
     choice_accs: dict[str, float] = {}
     for name in tasks:
         label = name if progress else False
-        if name == "gsm8k" and readout.hidden_states:
+        if name == "gsm8k" and not isinstance(readout, FinalLayerReadout):
             summaries[name] = {
                 "task": name,
                 "skipped": f"generation with the {readout.name} readout is not supported",

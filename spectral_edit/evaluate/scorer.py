@@ -96,6 +96,8 @@ class _Runner:
         if self.extra:
             kwargs["output_hidden_states"] = True
         out = self.base(**kwargs)
+        if not self.extra:  # a view, no copy: the common case on the hot path
+            return out.last_hidden_state.unsqueeze(2), output_cache(out)
         states = [out.last_hidden_state, *(out.hidden_states[j] for j in self.extra)]
         return torch.stack(states, dim=2), output_cache(out)
 
