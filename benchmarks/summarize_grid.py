@@ -14,14 +14,22 @@ import argparse
 import json
 from pathlib import Path
 
-from spectral_edit.data import load_fold
-from spectral_edit.data.truthfulqa import normalize_question
-from spectral_edit.report import markdown_table, write_json
+from grid_rows import METRICS, fold_positions, merge_rows, read_rows, select
+
+from spectral_edit.data import load_mc_task, resolve
+from spectral_edit.report import fmt, markdown_table, write_json
 
 
-def _mean(values, index):
-    picked = [values[i] for i in index]
-    return 100.0 * sum(picked) / len(picked)
+def _questions(grid_dir: Path, data_dir: str) -> list[str]:
+    path = grid_dir / "questions.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return [q.question for q in load_mc_task(resolve("truthfulqa/mc_task_v0.json", data_dir))]
+
+
+def _setting_label(options: dict) -> str:
+    centring = "centred" if options["centered"] else "uncentred"
+    return f"last-{options['last']}, r={options['ratio']}, {centring}"
 
 
 def main() -> None:
@@ -29,68 +37,42 @@ def main() -> None:
     parser.add_argument("grid_dir", type=Path)
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
-    rows = [json.loads(x) for x in (args.grid_dir / "grid.jsonl").read_text().splitlines() if x]
-    questions = json.loads((args.grid_dir / "questions.json").read_text())
-    position = {normalize_question(q): i for i, q in enumerate(questions)}
-    folds = {}
-    for fold in (1, 2):
-        folds[fold] = sorted(
-            position[normalize_question(r.question)]
-            for r in load_fold(fold, args.data_dir)
-            if normalize_question(r.question) in position
-        )
-    unedited = next(r for r in rows if r["name"] == "unedited")
+    settings = merge_rows(read_rows(args.grid_dir / "grid.jsonl"))
+    questions = _questions(args.grid_dir, args.data_dir)
+    folds = fold_positions(questions, args.data_dir)
+    unedited = settings["unedited"]
     sea = [
-        r
-        for r in rows
-        if r["name"] != "unedited"
-        and r["options"].get("neutral") == "generate"
-        and r["options"].get("merge") == "norm"
+        s
+        for s in settings.values()
+        if s.name != "unedited"
+        and s.options.get("neutral") == "generate"
+        and s.options.get("merge") == "norm"
     ]
     table, selection = [], []
-    for n in sorted({r["options"]["n"] for r in sea}):
-        candidates = [r for r in sea if r["options"]["n"] == n]
+    for n in sorted({s.options["n"] for s in sea}):
+        candidates = [s for s in sea if s.options["n"] == n]
         for tune, test in ((1, 2), (2, 1)):
-            best = max(
-                candidates,
-                key=lambda r: _mean(r["mc1"], folds[tune]) + _mean(r["mc2"], folds[tune]),
-            )
-            o = best["options"]
+            best = select(candidates, folds[tune])
+            if best is None or not (best.covers(folds[test]) and unedited.covers(folds[test])):
+                print(f"N={n} {tune}→{test}: not every needed evaluation is in the grid; skipped")
+                continue
             entry = {
                 "n": n,
                 "tuned_on": tune,
                 "reported_on": test,
                 "n_candidates": len(candidates),
-                "setting": f"last-{o['last']}, r={o['ratio']}, "
-                f"{'centred' if o['centered'] else 'uncentred'}",
-                "ranks": best.get("ranks"),
-                **{f"unedited_{m}": _mean(unedited[m], folds[test]) for m in ("mc1", "mc2", "mc3")},
-                **{f"sea_{m}": _mean(best[m], folds[test]) for m in ("mc1", "mc2", "mc3")},
+                "setting": _setting_label(best.options),
+                "ranks": best.ranks,
+                **{f"unedited_{m}": unedited.mean(m, folds[test]) for m in METRICS},
+                **{f"sea_{m}": best.mean(m, folds[test]) for m in METRICS},
             }
             selection.append(entry)
             table.append(
-                [
-                    n,
-                    f"{tune}→{test}",
-                    entry["setting"],
-                    entry["unedited_mc1"],
-                    entry["sea_mc1"],
-                    entry["unedited_mc2"],
-                    entry["sea_mc2"],
-                    entry["unedited_mc3"],
-                    entry["sea_mc3"],
-                ]
+                [n, f"{tune}→{test}", entry["setting"]]
+                + [entry[f"{who}_{m}"] for m in METRICS for who in ("unedited", "sea")]
             )
-    headers = [
-        "N",
-        "tune→test fold",
-        "chosen setting",
-        "MC1 unedited",
-        "MC1 SEA",
-        "MC2 unedited",
-        "MC2 SEA",
-        "MC3 unedited",
-        "MC3 SEA",
+    headers = ["N", "tune→test fold", "chosen setting"] + [
+        f"{m.upper()} {who}" for m in METRICS for who in ("unedited", "SEA")
     ]
     write_json(
         args.grid_dir / "selection.json",
@@ -99,12 +81,18 @@ def main() -> None:
     text = markdown_table(headers, table)
     (args.grid_dir / "selection.md").write_text(text)
     print(text)
+    subsets = {"fold 1": folds[1], "fold 2": folds[2], "all": list(range(len(questions)))}
     everything = [
-        [r["name"], r["summary"]["mc1"], r["summary"]["mc2"], r["summary"]["mc3"]] for r in rows
+        [s.name]
+        + [
+            fmt(s.mean(m, index)) if s.covers(index) else "—"
+            for index in subsets.values()
+            for m in METRICS
+        ]
+        for s in settings.values()
     ]
-    (args.grid_dir / "all_configs.md").write_text(
-        markdown_table(["configuration (all questions)", "MC1", "MC2", "MC3"], everything)
-    )
+    headers = ["configuration"] + [f"{m.upper()} {k}" for k in subsets for m in METRICS]
+    (args.grid_dir / "all_configs.md").write_text(markdown_table(headers, everything))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 """Issue-3 experiment: HaluEval demonstrations → SEA → TruthfulQA, with fold-based selection.
 
 Captures the demonstrations' activations once (all layers, neutral = the model's greedy
-answer, and neutral = last prompt token for the ablation), then fits and evaluates a grid
-of editors (N demonstrations × layers × energy ratios × centring) on every TruthfulQA
-question (mc_task_v0.json). Each configuration's per-question MC1/MC2/MC3 are appended to
-``grid.jsonl`` as soon as they exist, so an interrupted run keeps what it finished and a
-rerun skips finished configurations. Selection on fold 1 / report on fold 2 (and the
-reverse) is done by ``benchmarks/summarize_grid.py`` from that file.
+answer, and neutral = last prompt token for the ablation), then fits a grid of editors
+(N demonstrations × layers × energy ratios × centring) and runs the fold protocol for
+each direction (tune fold → test fold): every candidate on the tune fold's questions
+(``mc_task_v0.json``), then the best (mean of MC1 and MC2) on the test fold, with the
+unedited model on the test fold. A setting already scored on all questions counts for
+both folds. Each evaluation is appended to ``grid.jsonl`` (see ``grid_rows.py``) as soon
+as it exists, so an interrupted run keeps what it finished and a rerun does only what is
+missing; ``--shard i/k`` splits the work between k processes sharing ``--out``
+(``--capture-only`` first, so that they share one activation file; rerun without
+``--shard`` at the end for the test-fold evaluations of the chosen settings).
+``benchmarks/summarize_grid.py`` writes the tables from that file.
 
     python benchmarks/truthfulness_grid.py --model gemma-3-270m --out runs/grid \\
         --data-dir ../shared/data --budget 600
@@ -22,8 +27,11 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
+from grid_rows import fold_positions, merge_rows, read_rows, select
 from safetensors.torch import load_file, save_file
 
+from spectral_edit._atomic import atomic_path
 from spectral_edit.builders import halueval_demos
 from spectral_edit.capture import capture
 from spectral_edit.data import load_halueval_qa, load_mc_task, resolve
@@ -50,13 +58,38 @@ def _subset(acts: DemoActivations, n: int, layers: list[int]) -> DemoActivations
     )
 
 
+def _name(config: dict) -> str:
+    return "sea n={n} last-{last} r={ratio} {c} neutral={neutral} merge={merge}".format(
+        c="centred" if config["centered"] else "uncentred", **config
+    )
+
+
+def _configs(args, ns: list[int]) -> tuple[list[dict], list[dict]]:
+    """(fold-protocol candidates, ablations scored on every question)."""
+    centerings = {"centred": (True,), "uncentred": (False,), "both": (True, False)}
+    last_ls = [int(x) for x in args.layers.split(",")]
+    ratios = [float(x) for x in args.ratios.split(",")]
+    candidates = [
+        {"n": n, "last": last, "ratio": ratio, "centered": centered}
+        | {"neutral": "generate", "merge": "norm"}
+        for n in sorted(ns, key=lambda v: (v != 100, v))  # N = 100 (the paper's regime) first
+        for centered, last, ratio in itertools.product(centerings[args.centering], last_ls, ratios)
+    ]
+    ablations = []
+    if args.ablations:
+        best_guess = {"n": min(100, max(ns)), "last": 8, "ratio": 0.99, "centered": True}
+        for variant in ({"neutral": "prompt"}, {"merge": "mean"}):
+            ablations.append({**best_guess, "neutral": "generate", "merge": "norm", **variant})
+    return candidates, ablations
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument(
-        "--budget", type=float, default=600, help="seconds; no new configuration starts after this"
+        "--budget", type=float, default=600, help="seconds; no new evaluation starts after this"
     )
     parser.add_argument(
         "--acts",
@@ -67,16 +100,27 @@ def main() -> None:
     parser.add_argument("--n", default="25,100,500,1000")
     parser.add_argument("--layers", default="2,4,8,18", help="last-L values")
     parser.add_argument("--ratios", default="0.99,0.995,0.999")
+    parser.add_argument("--centering", choices=("both", "centred", "uncentred"), default="both")
+    parser.add_argument(
+        "--directions", default="1-2,2-1", help="tune-test fold pairs, e.g. 1-2 or 1-2,2-1"
+    )
+    parser.add_argument(
+        "--ablations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="neutral = prompt and merge = mean at N = 100, last-8, r = 0.99 (all questions)",
+    )
+    parser.add_argument("--shard", default="0/1", help="i/k: this process does units i, i+k, ...")
+    parser.add_argument("--capture-only", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="questions (for smoke tests)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--gen-batch-size", type=int, default=64)
     args = parser.parse_args()
     start = time.perf_counter()
+    shard, shards = (int(x) for x in args.shard.split("/"))
     args.out.mkdir(parents=True, exist_ok=True)
     grid_path = args.out / "grid.jsonl"
-    done = set()
-    if grid_path.exists():
-        done = {json.loads(line)["name"] for line in grid_path.read_text().splitlines() if line}
+    lock = FileLock(str(args.out / "grid.lock"))
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(args.model)
@@ -84,75 +128,82 @@ def main() -> None:
     n_layers = len(find_decoder_layers(model))
     questions = load_mc_task(resolve("truthfulqa/mc_task_v0.json", args.data_dir))
     questions = questions[: args.limit] if args.limit else questions
+    texts = [q.question for q in questions]
+    questions_path = args.out / "questions.json"
+    if questions_path.exists() and json.loads(questions_path.read_text()) != texts:
+        raise SystemExit(f"{questions_path}: another question list (different --limit?)")
+    with lock:
+        if not questions_path.exists():
+            questions_path.write_text(json.dumps(texts))
+    folds = fold_positions(texts, args.data_dir)
+    subsets = {"all": list(range(len(questions))), **{f"fold{k}": v for k, v in folds.items()}}
+    directions = [tuple(int(x) for x in d.split("-")) for d in args.directions.split(",")]
     ns = [int(x) for x in args.n.split(",")]
     demos = _demos(args.data_dir, max(ns))
     ns = [n for n in ns if n <= len(demos)]
 
-    def record(name: str, options: dict, result, seconds: float, editor=None) -> None:
+    def record(name: str, options: dict, index: list[int], result, seconds, editor=None) -> None:
         row = {
             "name": name,
             "options": options,
+            "question_index": index,
             "summary": result.summary,
             "seconds": seconds,
-            "mc1": [q["mc1"] for q in result.per_question],
-            "mc2": [q["mc2"] for q in result.per_question],
-            "mc3": [q["mc3"] for q in result.per_question],
+            **{m: [q[m] for q in result.per_question] for m in ("mc1", "mc2", "mc3")},
         }
         if editor is not None:
             row["ranks"] = {str(k): list(editor.ranks[k]) for k in editor.active_layers}
-        with grid_path.open("a") as handle:
+        with lock, grid_path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(
-            f"[{time.perf_counter() - start:6.0f}s] {name}: MC1 {result.summary['mc1']:.1f} "
-            f"MC2 {result.summary['mc2']:.1f} MC3 {result.summary['mc3']:.1f} "
-            f"({seconds:.1f}s)",
+            f"[{time.perf_counter() - start:6.0f}s] {name} on {len(index)} questions: "
+            f"MC1 {result.summary['mc1']:.1f} MC2 {result.summary['mc2']:.1f} "
+            f"MC3 {result.summary['mc3']:.1f} ({seconds:.1f}s)",
             flush=True,
         )
 
-    def evaluate(editor=None):
+    def evaluate(index: list[int], editor=None):
         t0 = time.perf_counter()
+        subset = [questions[i] for i in index]
         if editor is None:
-            result = evaluate_truthfulqa(model, tokenizer, questions, batch_size=args.batch_size)
+            result = evaluate_truthfulqa(model, tokenizer, subset, batch_size=args.batch_size)
         else:
             with editor.apply(model):
-                result = evaluate_truthfulqa(
-                    model, tokenizer, questions, batch_size=args.batch_size
-                )
+                result = evaluate_truthfulqa(model, tokenizer, subset, batch_size=args.batch_size)
         return result, time.perf_counter() - t0
-
-    if "unedited" not in done:
-        result, seconds = evaluate()
-        record("unedited", {}, result, seconds)
-        (args.out / "questions.json").write_text(json.dumps([q.question for q in questions]))
 
     all_layers = list(range(n_layers))
     path = args.acts or args.out / "activations.safetensors"
     t0 = time.perf_counter()
-    if path.exists():
+    with FileLock(str(path) + ".lock"):  # one process captures; the others wait and load
+        if not path.exists():
+            generated = capture_demos(
+                model,
+                tokenizer,
+                demos,
+                layers=all_layers,
+                neutral="generate",
+                batch_size=args.gen_batch_size,
+                progress=True,
+            )
+            prompt_last = capture(
+                model,
+                tokenizer,
+                [d.prompt for d in demos],
+                layers=all_layers,
+                batch_size=args.gen_batch_size,
+            )
+            saved = {
+                "neutral": generated.neutral,
+                "positive": generated.positive,
+                "negative": generated.negative,
+                "neutral_prompt": prompt_last,
+            }
+            with atomic_path(path) as tmp:
+                save_file(saved, str(tmp))
         saved = load_file(str(path))
-    else:
-        generated = capture_demos(
-            model,
-            tokenizer,
-            demos,
-            layers=all_layers,
-            neutral="generate",
-            batch_size=args.gen_batch_size,
-        )
-        prompt_last = capture(
-            model,
-            tokenizer,
-            [d.prompt for d in demos],
-            layers=all_layers,
-            batch_size=args.gen_batch_size,
-        )
-        saved = {
-            "neutral": generated.neutral,
-            "positive": generated.positive,
-            "negative": generated.negative,
-            "neutral_prompt": prompt_last,
-        }
-        save_file(saved, str(path))
+    if len(saved["neutral"]) < len(demos):
+        raise SystemExit(f"{path} holds {len(saved['neutral'])} demonstrations, need {len(demos)}")
     acts = {
         "generate": DemoActivations(
             saved["neutral"], saved["positive"], saved["negative"], tuple(all_layers)
@@ -162,6 +213,8 @@ def main() -> None:
         ),
     }
     print(f"activations ({len(demos)} demos): {time.perf_counter() - t0:.1f}s", flush=True)
+    if args.capture_only:
+        return
 
     fitters: dict[tuple, SpectralFitter] = {}
 
@@ -184,40 +237,40 @@ def main() -> None:
         )
         return editor.with_options(layers=all_layers[-config["last"] :])
 
-    configs = []
-    last_ls = [int(x) for x in args.layers.split(",")]
-    ratios = [float(x) for x in args.ratios.split(",")]
-    # most informative first: N = 100 (the paper's small regime), then the rest
-    for n in sorted(ns, key=lambda v: (v != 100, v)):
-        for centered, last, ratio in itertools.product((True, False), last_ls, ratios):
-            configs.append(
-                {
-                    "n": n,
-                    "last": last,
-                    "ratio": ratio,
-                    "centered": centered,
-                    "neutral": "generate",
-                    "merge": "norm",
-                }
-            )
-    best_guess = {"n": min(100, max(ns)), "last": 8, "ratio": 0.99, "centered": True}
-    for variant in ({"neutral": "prompt"}, {"merge": "mean"}):
-        configs.insert(
-            len(last_ls) * len(ratios) * 2,
-            {**best_guess, "neutral": "generate", "merge": "norm", **variant},
-        )
-    for config in configs:
-        name = "sea n={n} last-{last} r={ratio} {c} neutral={neutral} merge={merge}".format(
-            c="centred" if config["centered"] else "uncentred", **config
-        )
-        if name in done:
+    candidates, ablations = _configs(args, ns)
+    units = [("unedited", None, f"fold{test}") for _, test in directions]
+    units += [(_name(c), c, f"fold{tune}") for tune, _ in directions for c in candidates]
+    units += [(_name(c), c, "all") for c in ablations]
+
+    def run(units) -> bool:
+        """Evaluate each unit's missing questions; False once the budget is spent."""
+        for name, config, subset in units:
+            setting = merge_rows(read_rows(grid_path)).get(name)
+            index = [i for i in subsets[subset] if setting is None or i not in setting.scores]
+            if not index:
+                continue
+            if time.perf_counter() - start > args.budget:
+                print(f"budget reached; stopping before {name} on {subset}", flush=True)
+                return False
+            editor = None if config is None else editor_for(config)
+            result, seconds = evaluate(index, editor)
+            record(name, config or {}, index, result, seconds, editor)
+        return True
+
+    if not run(units[shard::shards]):
+        return
+    # the chosen settings on their test folds (once every candidate has its tune fold)
+    settings = merge_rows(read_rows(grid_path))
+    chosen = []
+    for n in ns:
+        pool = [settings[_name(c)] for c in candidates if c["n"] == n and _name(c) in settings]
+        if len(pool) < sum(c["n"] == n for c in candidates):
             continue
-        if time.perf_counter() - start > args.budget:
-            print(f"budget reached; stopping before {name}", flush=True)
-            break
-        editor = editor_for(config)
-        result, seconds = evaluate(editor)
-        record(name, config, result, seconds, editor)
+        for tune, test in directions:
+            best = select(pool, folds[tune])
+            if best is not None:
+                chosen.append((best.name, best.options, f"fold{test}"))
+    run(chosen[shard::shards])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from ._atomic import atomic_path, atomic_write_text
 from .data.truthfulqa import QA_PRIMER, MCQuestion
 from .demos import DemoActivations, Demonstration
 from .evaluate.control import evaluate_control
+from .evaluate.metrics import tuning_criterion
 from .evaluate.truthfulqa import evaluate_truthfulqa, question_prompt
 from .jobs import StageStore, options_key
 from .methods import METHODS, FitContext, Intervention, MethodSpec, setting_id
@@ -273,7 +274,7 @@ def _run_method(
 
     selections = {}
     for tune, test in DIRECTIONS if options.both_directions else DIRECTIONS[:1]:
-        tuned = {setting_id(s): _criterion(scored(s, tune)["summary"]) for s in run.spec.grid}
+        tuned = {setting_id(s): tuning_criterion(scored(s, tune)["summary"]) for s in run.spec.grid}
         chosen = max(run.spec.grid, key=lambda s, tuned=tuned: tuned[setting_id(s)])
         # max keeps the first of equals: grid order breaks ties
         scored(chosen, test)
@@ -350,10 +351,6 @@ def _measure_overhead(
         "seconds_unedited": min(plain),
         "seconds_method": min(edited),
     }
-
-
-def _criterion(summary: Mapping[str, Any]) -> float:
-    return (summary["mc1"] + summary["mc2"]) / 2
 
 
 def _report(

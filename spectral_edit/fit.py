@@ -4,6 +4,13 @@ For each layer the fitter keeps ``Σ φ(h) φ(h+)^T`` and ``Σ φ(h) φ(h-)^T`` 
 the sums ``Σ φ(h)``, ``Σ φ(h+)``, ``Σ φ(h-)`` ``(d,)`` and the count ``N``; everything the
 (centred or uncentred) cross-covariances and the layer signature need. Sums add, so any
 split of the data into batches (or processes) gives the same editor up to round-off.
+
+While ``N < d`` it also keeps the activations themselves and takes the SVD on
+``N``-dimensional factors (method.md, "thin" route): with ``X`` the ``(N, d)`` neutral
+features (centred if asked) and ``X^T = Q R`` (thin QR), ``Ω± = X^T Y± / N = Q (R Y± / N)``,
+so the SVD ``R Y± / N = W S V^T`` of an ``(N, d)`` matrix gives ``U± = Q W`` and the same
+singular values as the ``(d, d)`` SVD: ``O(d N^2)`` instead of ``O(d^3)`` work. The
+subspaces (hence the projections and the editor) are the same as the dense route's.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from .features import get_feature_map, rms_scale
 from .spectral import MERGES, energy_fractions, rank_for_energy
 
 ArrayLike = torch.Tensor | np.ndarray
+SVD_ROUTES = ("auto", "dense", "thin")
+"""``dense``: SVD of the ``(d, d)`` cross-covariances; ``thin``: SVD of ``N``-dimensional
+factors of the kept activations; ``auto``: thin while fewer than ``d`` demonstrations."""
 
 
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
@@ -41,6 +51,9 @@ class SpectralFitter:
         feature: Φ-SEA feature map name (``linear`` = plain SEA).
         feature_scales: per-layer scale ``s`` (L floats); required for non-linear maps
             (``fit_from_arrays`` defaults it to each layer's neutral RMS).
+        svd: one of :data:`SVD_ROUTES`. The thin route keeps the raw activations
+            (``3 N L d`` values in their own dtype) besides the sums; ``auto`` drops them
+            as soon as ``N`` reaches ``d``, where the dense SVD is as cheap.
     """
 
     def __init__(
@@ -53,7 +66,11 @@ class SpectralFitter:
         feature: str = "linear",
         feature_scales: Sequence[float] | None = None,
         device: torch.device | str = "cpu",
+        svd: str = "auto",
     ) -> None:
+        if svd not in SVD_ROUTES:
+            raise ValueError(f"svd must be one of {SVD_ROUTES}, not {svd!r}")
+        self.svd = svd
         self.layers = tuple(int(i) for i in layers)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -74,6 +91,9 @@ class SpectralFitter:
         self.sum_pos = torch.zeros(shape, **opts)
         self.sum_neg = torch.zeros(shape, **opts)
         self._spectra: list[tuple[torch.Tensor, ...]] | None = None
+        self._spectra_route = ""
+        # raw (neutral, positive, negative) batches for the thin route; None once dropped
+        self._samples: list[tuple[torch.Tensor, ...]] | None = [] if svd != "dense" else None
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.cross_pos.device, dtype=torch.float64)
@@ -93,6 +113,12 @@ class SpectralFitter:
         for x, name in ((h, "neutral"), (hp, "positive"), (hn, "negative")):
             if tuple(x.shape) != expected:
                 raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {expected}")
+        if self._samples is not None:
+            if self.svd == "auto" and self.count + h.shape[0] >= self.hidden_size:
+                self._samples = None
+            else:
+                device = self.cross_pos.device
+                self._samples.append(tuple(x.to(device, copy=True) for x in (h, hp, hn)))
         h, hp, hn = self._features(h), self._features(hp), self._features(hn)
         self.cross_pos += torch.einsum("nli,nlj->lij", h, hp)
         self.cross_neg += torch.einsum("nli,nlj->lij", h, hn)
@@ -120,18 +146,53 @@ class SpectralFitter:
         a = torch.stack([self.sum_pos, self.sum_neg], dim=-1) / (2 * self.count)
         return torch.linalg.svdvals(a).sum(-1)
 
-    def spectra(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per layer ``(U+, s+, U-, s-)``: left singular vectors ``(d, d)`` and descending
-        singular values ``(d,)`` of Ω+ and Ω-; computed once until the next ``update``."""
-        if self._spectra is None:
-            omega_pos, omega_neg = self.covariances()
-            spectra = []
-            for index in range(len(self.layers)):
-                u_pos, s_pos, _ = torch.linalg.svd(omega_pos[index])
-                u_neg, s_neg, _ = torch.linalg.svd(omega_neg[index])
-                spectra.append((u_pos, s_pos, u_neg, s_neg))
-            self._spectra = spectra
+    @property
+    def svd_route(self) -> str:
+        """The route :meth:`spectra` takes now: ``thin`` while activations are kept."""
+        return "thin" if self._samples is not None else "dense"
+
+    def spectra(
+        self, route: str | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per layer ``(U+, s+, U-, s-)``: left singular vectors ``(d, m)`` and descending
+        singular values ``(m,)`` of Ω+ and Ω-, with ``m = d`` on the dense route and
+        ``m = min(N, d)`` on the thin one (the other singular values are zero); computed
+        once per route until the next ``update``. ``route``: default :attr:`svd_route`."""
+        route = route or self.svd_route
+        if route == "thin" and self._samples is None:
+            raise ValueError("the thin SVD route needs the activations, which were not kept")
+        if self.count == 0:
+            raise ValueError("no demonstrations were added to the fitter")
+        if self._spectra is None or self._spectra_route != route:
+            self._spectra = self._thin_spectra() if route == "thin" else self._dense_spectra()
+            self._spectra_route = route
         return self._spectra
+
+    def _dense_spectra(self) -> list[tuple[torch.Tensor, ...]]:
+        omega_pos, omega_neg = self.covariances()
+        spectra = []
+        for index in range(len(self.layers)):
+            u_pos, s_pos, _ = torch.linalg.svd(omega_pos[index])
+            u_neg, s_neg, _ = torch.linalg.svd(omega_neg[index])
+            spectra.append((u_pos, s_pos, u_neg, s_neg))
+        return spectra
+
+    def _thin_spectra(self) -> list[tuple[torch.Tensor, ...]]:
+        assert self._samples is not None
+        h, hp, hn = (self._features(torch.cat(parts)) for parts in zip(*self._samples, strict=True))
+        n = self.count
+        spectra = []
+        for index in range(len(self.layers)):
+            x, yp, yn = h[:, index], hp[:, index], hn[:, index]
+            if self.centered:
+                x, yp, yn = x - x.mean(0), yp - yp.mean(0), yn - yn.mean(0)
+            q, r = torch.linalg.qr(x.T)  # (d, m), (m, N)
+            layer = []
+            for y in (yp, yn):
+                w, s, _ = torch.linalg.svd(r @ y / n, full_matrices=False)  # (m, m), (m,)
+                layer += [q @ w, s]
+            spectra.append(tuple(layer))
+        return spectra
 
     def fit(
         self,
@@ -153,8 +214,15 @@ class SpectralFitter:
         """
         if merge not in MERGES:
             raise ValueError(f"merge must be one of {MERGES}, not {merge!r}")
+        route = self.svd_route
+        if route == "thin" and max(pos_rank or 0, neg_rank or 0) > min(
+            self.count, self.hidden_size
+        ):
+            route = "dense"  # ranks beyond N: directions of the null space, from the d × d SVD
         pos_factors, neg_factors, stats = [], [], []
-        for layer, (u_pos, s_pos, u_neg, s_neg) in zip(self.layers, self.spectra(), strict=True):
+        for layer, (u_pos, s_pos, u_neg, s_neg) in zip(
+            self.layers, self.spectra(route), strict=True
+        ):
             k_pos = _rank(s_pos, pos_ratio, pos_rank, "pos_rank")
             k_neg = _rank(s_neg, neg_ratio, neg_rank, "neg_rank")
             pos_factors.append(u_pos[:, :k_pos].float().cpu().contiguous())
@@ -177,6 +245,7 @@ class SpectralFitter:
         info = {
             "n_demonstrations": self.count,
             "centered": self.centered,
+            "svd": route,
             "pos_ratio": None if pos_rank is not None else pos_ratio,
             "neg_ratio": None if neg_rank is not None else neg_ratio,
             "layer_stats": stats,
@@ -226,6 +295,7 @@ def fit_from_arrays(
     feature: str = "linear",
     feature_scales: Sequence[float] | None = None,
     batch_size: int | None = None,
+    svd: str = "auto",
     **fit_options: Any,
 ) -> SpectralEditor:
     """Fit an editor from activation arrays in one call.
@@ -239,6 +309,7 @@ def fit_from_arrays(
         feature: ``linear``, ``tanh``, ``elu`` or ``squared-exponential`` (Φ-SEA).
         feature_scales: per-layer scales; default the neutral activations' RMS per layer.
         batch_size: stream the arrays in batches of this size (same result).
+        svd: the SVD route (:data:`SVD_ROUTES`; the same editor either way).
         **fit_options: passed to :meth:`SpectralFitter.fit` (``pos_rank``, ``merge``, ...).
     """
     h = _as_tensor(neutral, "neutral")
@@ -254,6 +325,7 @@ def fit_from_arrays(
         centered=centered,
         feature=feature,
         feature_scales=feature_scales,
+        svd=svd,
     )
     step = batch_size or h.shape[0]
     pos = _as_tensor(positive, "positive")

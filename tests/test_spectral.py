@@ -181,3 +181,96 @@ def test_phi_edit_with_full_ranks_is_identity():
         # z = 2u, the norm merge gives u, the inverse gives h back
         out = spectral_edit(h, full, orth, feature=feature, scale=scale)
         torch.testing.assert_close(out, h, atol=1e-3, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- thin SVD route (N < d)
+
+
+def _few_samples(n=20, d=48, layers=2, seed=5):
+    """Fewer demonstrations than dimensions, with a common offset (as residual streams
+    have) and a shared low-rank structure so that the spectra have clear gaps."""
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(layers, 6, d, generator=gen, dtype=torch.float64)
+    latent = torch.randn(n, layers, 6, generator=gen, dtype=torch.float64)
+    base = torch.einsum("nlk,lkd->nld", latent, mix) + 3.0
+
+    def noisy(scale):
+        return base + scale * torch.randn(n, layers, d, generator=gen, dtype=torch.float64)
+
+    return noisy(0.3), noisy(0.5), noisy(0.5)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("feature", ["linear", "tanh"])
+def test_thin_route_gives_the_dense_spectra_and_editor(centered, feature):
+    h, hp, hn = _few_samples()
+    scales = [4.0, 5.0] if feature != "linear" else None
+    fitters = {}
+    for route in ("dense", "thin"):
+        fitter = SpectralFitter(
+            [3, 4], 48, 6, centered=centered, feature=feature, feature_scales=scales, svd=route
+        )
+        for start in range(0, 20, 7):  # streamed: the thin route keeps every batch
+            fitter.update(h[start : start + 7], hp[start : start + 7], hn[start : start + 7])
+        assert fitter.svd_route == route
+        fitters[route] = fitter
+    for dense, thin in zip(fitters["dense"].spectra(), fitters["thin"].spectra(), strict=True):
+        u_pos, s_pos, u_neg, s_neg = thin
+        assert u_pos.shape == (48, 20) and s_pos.shape == (20,)
+        torch.testing.assert_close(s_pos, dense[1][:20], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(s_neg, dense[3][:20], rtol=1e-9, atol=1e-12)
+        assert float(dense[1][20:].abs().max()) < 1e-10 * float(dense[1][0])  # rank ≤ N
+        torch.testing.assert_close(u_pos.T @ u_pos, torch.eye(20, dtype=torch.float64))
+    x = h[:5, 0].float()
+    for ratio in (0.5, 0.9, 0.99):
+        editors = {r: f.fit(pos_ratio=ratio, neg_ratio=ratio) for r, f in fitters.items()}
+        assert editors["thin"].ranks == editors["dense"].ranks
+        assert editors["thin"].metadata["svd"] == "thin"
+        for layer in (3, 4):
+            for a, b in zip(
+                editors["thin"].projections(layer), editors["dense"].projections(layer), strict=True
+            ):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                editors["thin"].edit(x, layer), editors["dense"].edit(x, layer), atol=1e-4, rtol=0
+            )
+
+
+def test_auto_route_switches_to_dense_once_n_reaches_d():
+    h, hp, hn = _few_samples(n=60, d=48)
+    fitter = SpectralFitter([0, 1], 48, 2)
+    fitter.update(h[:30], hp[:30], hn[:30])
+    assert fitter.svd_route == "thin"
+    thin_editor = fitter.fit(pos_ratio=0.9, neg_ratio=0.9)
+    fitter.update(h[30:], hp[30:], hn[30:])
+    assert fitter.svd_route == "dense"  # the kept activations are dropped
+    assert fitter.fit(pos_ratio=0.9, neg_ratio=0.9).metadata["svd"] == "dense"
+    with pytest.raises(ValueError, match="not kept"):
+        fitter.spectra("thin")
+    assert thin_editor.metadata["n_demonstrations"] == 30
+    never = SpectralFitter([0, 1], 48, 2, svd="dense")
+    never.update(h[:10], hp[:10], hn[:10])
+    assert never.svd_route == "dense"
+    with pytest.raises(ValueError, match="svd must be one of"):
+        SpectralFitter([0], 48, 1, svd="fast")
+
+
+def test_thin_route_falls_back_to_dense_for_ranks_beyond_n():
+    h, hp, hn = _few_samples(n=10, d=48, layers=1)
+    fitter = SpectralFitter([0], 48, 1, centered=True)
+    fitter.update(h, hp, hn)
+    editor = fitter.fit(pos_rank=30, neg_rank=4)
+    assert editor.ranks[0] == (30, 4)
+    assert editor.metadata["svd"] == "dense"
+    small = fitter.fit(pos_rank=5, neg_rank=4)
+    assert small.metadata["svd"] == "thin"
+    # the top-5 subspace is the same whichever route found it
+    dense_top5 = fitter.fit(pos_rank=5, neg_rank=4)
+    fitter_dense = SpectralFitter([0], 48, 1, centered=True, svd="dense")
+    fitter_dense.update(h, hp, hn)
+    for a, b in zip(
+        dense_top5.projections(0),
+        fitter_dense.fit(pos_rank=5, neg_rank=4).projections(0),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

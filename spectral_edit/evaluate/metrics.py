@@ -34,6 +34,7 @@ __all__ = [
     "mc_scores",
     "mean_mc",
     "normalize_number",
+    "tuning_criterion",
 ]
 
 
@@ -164,6 +165,13 @@ def mean_mc(per_question: Sequence[Mapping[str, float]]) -> dict[str, float | in
             total += float(row[key])
         out[key] = 100.0 * total / len(per_question)
     return out
+
+
+def tuning_criterion(summary: Mapping[str, float]) -> float:
+    """What the fold protocol maximises when it picks a setting: the mean of MC1 and MC2
+    (percent) of a :func:`mean_mc` summary. ``sea compare`` and the benchmark grids
+    both select by it."""
+    return (float(summary["mc1"]) + float(summary["mc2"])) / 2
 
 
 # ============================================================================ BBQ
