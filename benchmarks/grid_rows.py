@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spectral_edit.data import load_fold
+from spectral_edit.data import load_fold, load_mc_task, resolve
 from spectral_edit.data.truthfulqa import normalize_question
 from spectral_edit.evaluate.metrics import tuning_criterion
 
@@ -55,6 +55,15 @@ def merge_rows(rows: list[dict]) -> dict[str, Setting]:
         for k, i in enumerate(index):
             setting.scores[i] = {m: row[m][k] for m in METRICS}
     return settings
+
+
+def grid_questions(grid_dir: Path, data_dir: str) -> list[str]:
+    """The question list the grid's positions refer to: ``questions.json`` where the run
+    wrote it, else every question of ``mc_task_v0.json`` in file order (a full run)."""
+    path = grid_dir / "questions.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return [q.question for q in load_mc_task(resolve("truthfulqa/mc_task_v0.json", data_dir))]
 
 
 def fold_positions(questions: list[str], data_dir: str) -> dict[int, list[int]]:

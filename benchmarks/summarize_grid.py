@@ -11,20 +11,11 @@ tuned on itself. Writes ``selection.json`` and ``selection.md`` beside the grid.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from grid_rows import METRICS, fold_positions, merge_rows, read_rows, select
+from grid_rows import METRICS, fold_positions, grid_questions, merge_rows, read_rows, select
 
-from spectral_edit.data import load_mc_task, resolve
 from spectral_edit.report import fmt, markdown_table, write_json
-
-
-def _questions(grid_dir: Path, data_dir: str) -> list[str]:
-    path = grid_dir / "questions.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    return [q.question for q in load_mc_task(resolve("truthfulqa/mc_task_v0.json", data_dir))]
 
 
 def _setting_label(options: dict) -> str:
@@ -38,7 +29,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
     settings = merge_rows(read_rows(args.grid_dir / "grid.jsonl"))
-    questions = _questions(args.grid_dir, args.data_dir)
+    questions = grid_questions(args.grid_dir, args.data_dir)
     folds = fold_positions(questions, args.data_dir)
     unedited = settings["unedited"]
     sea = [
