@@ -90,8 +90,7 @@ class SpectralFitter:
         self.sum_neutral = torch.zeros(shape, **opts)
         self.sum_pos = torch.zeros(shape, **opts)
         self.sum_neg = torch.zeros(shape, **opts)
-        self._spectra: list[tuple[torch.Tensor, ...]] | None = None
-        self._spectra_route = ""
+        self._spectra: dict[str, list[tuple[torch.Tensor, ...]]] = {}  # route → spectra
         # raw (neutral, positive, negative) batches for the thin route; None once dropped
         self._samples: list[tuple[torch.Tensor, ...]] | None = [] if svd != "dense" else None
 
@@ -126,7 +125,7 @@ class SpectralFitter:
         self.sum_pos += hp.sum(0)
         self.sum_neg += hn.sum(0)
         self.count += h.shape[0]
-        self._spectra = None
+        self._spectra.clear()
 
     def covariances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Ω+, Ω-)``, each ``(L, d, d)`` float64 (centred if the fitter is)."""
@@ -163,10 +162,11 @@ class SpectralFitter:
             raise ValueError("the thin SVD route needs the activations, which were not kept")
         if self.count == 0:
             raise ValueError("no demonstrations were added to the fitter")
-        if self._spectra is None or self._spectra_route != route:
-            self._spectra = self._thin_spectra() if route == "thin" else self._dense_spectra()
-            self._spectra_route = route
-        return self._spectra
+        if route not in self._spectra:
+            self._spectra[route] = (
+                self._thin_spectra() if route == "thin" else self._dense_spectra()
+            )
+        return self._spectra[route]
 
     def _dense_spectra(self) -> list[tuple[torch.Tensor, ...]]:
         omega_pos, omega_neg = self.covariances()
@@ -185,7 +185,9 @@ class SpectralFitter:
         for index in range(len(self.layers)):
             x, yp, yn = h[:, index], hp[:, index], hn[:, index]
             if self.centered:
-                x, yp, yn = x - x.mean(0), yp - yp.mean(0), yn - yn.mean(0)
+                # centring x alone centres the product: (x - 1 x̄)ᵀ 1 = 0, so
+                # (x - 1 x̄)ᵀ (y - 1 ȳ) = (x - 1 x̄)ᵀ y
+                x = x - x.mean(0)
             q, r = torch.linalg.qr(x.T)  # (d, m), (m, N)
             layer = []
             for y in (yp, yn):
