@@ -8,6 +8,11 @@ stratified sample of up to ``--per-cell`` items per category × context conditio
 For each N, feature map (linear, tanh, elu, squared-exponential) and centring, an editor
 is fitted on the last ``--last`` layers and evaluated; rows are appended to
 ``bias.jsonl`` as they finish (a rerun skips finished rows).
+
+``--split-n`` fixes the demonstration draw and the held-out items independently of
+``--n``, so that a later run of only some N (``--n 25,100``) evaluates the same items as
+the full run; ``--shard i/k`` splits the settings between k processes sharing ``--out``
+(the activations are captured once, under a file lock).
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
 
+from spectral_edit._atomic import atomic_path
 from spectral_edit.builders import bbq_demos
 from spectral_edit.data import load_bbq_dir, load_mc_task, resolve
 from spectral_edit.demos import DemoActivations, capture_demos
@@ -51,38 +59,73 @@ def main() -> None:
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--budget", type=float, default=600)
+    parser.add_argument(
+        "--budget", type=float, default=600, help="seconds; no new evaluation starts after this"
+    )
     parser.add_argument("--n", default="25,100,1000")
+    parser.add_argument(
+        "--split-n",
+        type=int,
+        default=None,
+        help="demonstrations the held-out split reserves (default: the largest --n)",
+    )
+    parser.add_argument("--features", default=",".join(FEATURES))
+    parser.add_argument("--centering", choices=("both", "centred", "uncentred"), default="both")
+    parser.add_argument(
+        "--tqa-n",
+        default=None,
+        help="N whose editors (and the unedited model) are also scored on TruthfulQA: "
+        "comma-separated, or none (default: the largest --n)",
+    )
     parser.add_argument("--last", type=int, default=2)
     parser.add_argument("--ratio", type=float, default=0.99)
     parser.add_argument("--per-cell", type=int, default=300)
     parser.add_argument("--tqa-limit", type=int, default=None)
+    parser.add_argument(
+        "--shard", default="0/1", help="i/k: this process does settings i, i+k, ..."
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--gen-batch-size", type=int, default=64)
     args = parser.parse_args()
     start = time.perf_counter()
+    shard, shards = (int(x) for x in args.shard.split("/"))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "bias.jsonl"
-    done = (
-        {json.loads(x)["name"] for x in path.read_text().splitlines() if x}
-        if path.exists()
-        else set()
-    )
+    lock = FileLock(str(args.out / "bias.lock"))
+
+    def finished() -> set[str]:
+        with lock:
+            if not path.exists():
+                return set()
+            return {json.loads(x)["name"] for x in path.read_text().splitlines() if x}
+
+    ns = sorted(int(x) for x in args.n.split(","))
+    split_n = args.split_n or max(ns)
+    if max(ns) > split_n:
+        raise SystemExit(f"--n {max(ns)} is larger than --split-n {split_n}")
+    if args.tqa_n is None:
+        tqa_ns = {max(ns)}
+    else:  # "none": no TruthfulQA, not even for the unedited model
+        tqa_ns = {int(x) for x in args.tqa_n.split(",")} if args.tqa_n != "none" else set()
+    features = args.features.split(",")
+    unknown = sorted(set(features) - set(FEATURES))
+    if unknown:
+        raise SystemExit(f"--features: unknown {unknown}; choose from {FEATURES}")
+    centerings = {"both": (False, True), "centred": (True,), "uncentred": (False,)}[args.centering]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(args.model)
     model.to(device)
     n_layers = len(find_decoder_layers(model))
     items = load_bbq_dir(Path(resolve("bbq/official/Age.jsonl", args.data_dir)).parent)
-    ns = sorted(int(x) for x in args.n.split(","))
-    demo_items, held_out = split_bbq_items(items, max(ns), seed=0, max_per_group=20)
+    demo_items, held_out = split_bbq_items(items, split_n, seed=0, max_per_group=20)
     eval_items = _stratified(held_out, args.per_cell, seed=0)
-    demos = bbq_demos(demo_items)
+    demos = bbq_demos(demo_items)[: max(ns)]
     questions = load_mc_task(resolve("truthfulqa/mc_task_v0.json", args.data_dir))
     questions = questions[: args.tqa_limit] if args.tqa_limit else questions
     print(
-        f"{len(items)} BBQ items; {len(demo_items)} demonstrations; {len(held_out)} held out; "
-        f"{len(eval_items)} evaluated",
+        f"{len(items)} BBQ items; {len(demo_items)} demonstrations reserved, {len(demos)} used; "
+        f"{len(held_out)} held out; {len(eval_items)} evaluated",
         flush=True,
     )
 
@@ -92,11 +135,13 @@ def main() -> None:
             "options": options,
             "bbq": bbq.summary,
             "seconds": seconds,
+            "device": device,
+            "split_n": split_n,
             "truthfulqa": None if tqa is None else tqa.summary,
         }
         if editor is not None:
             row["ranks"] = {str(k): list(v) for k, v in editor.ranks.items()}
-        with path.open("a") as handle:
+        with lock, path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         overall = bbq.summary["overall"]
         print(
@@ -107,7 +152,8 @@ def main() -> None:
                 ""
                 if tqa is None
                 else f" | TQA MC1 {tqa.summary['mc1']:.1f} MC2 {tqa.summary['mc2']:.1f}"
-            ),
+            )
+            + f" ({seconds:.0f}s)",
             flush=True,
         )
 
@@ -123,52 +169,64 @@ def main() -> None:
             )
         return bbq, tqa, time.perf_counter() - t0
 
-    if "unedited" not in done:
-        bbq, tqa, seconds = run(None, True)
-        record("unedited", {}, bbq, tqa, seconds)
-    layers = list(range(n_layers - args.last, n_layers))
-    t0 = time.perf_counter()
-    acts = capture_demos(
-        model, tokenizer, demos, layers=layers, neutral="generate", batch_size=args.gen_batch_size
-    )
-    print(f"activations: {time.perf_counter() - t0:.1f}s", flush=True)
+    settings: list[tuple[str, dict | None]] = [("unedited", None)]  # stays first
     for n in sorted(ns, reverse=True):
-        for feature in FEATURES:
-            for centered in (False, True):
+        for feature in features:
+            for centered in centerings:
                 name = f"{feature} n={n} last-{args.last} r={args.ratio} " + (
                     "centred" if centered else "uncentred"
                 )
-                if name in done:
-                    continue
-                if time.perf_counter() - start > args.budget:
-                    print(f"budget reached before {name}", flush=True)
-                    return
-                sub = DemoActivations(
-                    acts.neutral[:n], acts.positive[:n], acts.negative[:n], acts.layers
-                )
-                editor = fit_from_activations(
-                    sub,
-                    n_layers,
-                    pos_ratio=args.ratio,
-                    neg_ratio=args.ratio,
-                    centered=centered,
-                    feature=feature,
-                )
-                bbq, tqa, seconds = run(editor, with_tqa=n == max(ns))
-                record(
-                    name,
-                    {
-                        "n": n,
-                        "feature": feature,
-                        "centered": centered,
-                        "last": args.last,
-                        "ratio": args.ratio,
-                    },
-                    bbq,
-                    tqa,
-                    seconds,
-                    editor,
-                )
+                options = {
+                    "n": n,
+                    "feature": feature,
+                    "centered": centered,
+                    "last": args.last,
+                    "ratio": args.ratio,
+                }
+                settings.append((name, options))
+    todo = [s for s in settings[shard::shards] if s[0] not in finished()]
+    if todo and todo[0][1] is None:  # the unedited model first: it needs no activations
+        bbq, tqa, seconds = run(None, bool(tqa_ns))
+        record("unedited", {}, bbq, tqa, seconds)
+        todo = todo[1:]
+    if not todo:
+        return
+    layers = list(range(n_layers - args.last, n_layers))
+    acts_path = args.out / f"activations-split{split_n}-last{args.last}.safetensors"
+    t0 = time.perf_counter()
+    with FileLock(str(acts_path) + ".lock"):  # one process captures; the others wait and load
+        saved = load_file(str(acts_path)) if acts_path.exists() else None
+        if saved is None or len(saved["neutral"]) < len(demos):
+            acts = capture_demos(
+                model,
+                tokenizer,
+                demos,
+                layers=layers,
+                neutral="generate",
+                batch_size=args.gen_batch_size,
+                progress=True,
+            )
+            saved = {"neutral": acts.neutral, "positive": acts.positive, "negative": acts.negative}
+            with atomic_path(acts_path) as tmp:
+                save_file(saved, str(tmp))
+    acts = DemoActivations(saved["neutral"], saved["positive"], saved["negative"], tuple(layers))
+    print(f"activations: {time.perf_counter() - t0:.1f}s", flush=True)
+    for name, options in todo:
+        if time.perf_counter() - start > args.budget:
+            print(f"budget reached before {name}", flush=True)
+            return
+        n = options["n"]
+        sub = DemoActivations(acts.neutral[:n], acts.positive[:n], acts.negative[:n], acts.layers)
+        editor = fit_from_activations(
+            sub,
+            n_layers,
+            pos_ratio=args.ratio,
+            neg_ratio=args.ratio,
+            centered=options["centered"],
+            feature=options["feature"],
+        )
+        bbq, tqa, seconds = run(editor, with_tqa=n in tqa_ns)
+        record(name, options, bbq, tqa, seconds, editor)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Real-model tests on the embedded Gemma 3 270M (select with --real-model)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from typer.testing import CliRunner
 
 from spectral_edit import SpectralEditor, read_demos
 from spectral_edit.cli import app
+from spectral_edit.data import load_crows_pairs
 from spectral_edit.evaluate.scorer import ChoiceRequest, score_requests
 from spectral_edit.generation import generate_greedy
 from spectral_edit.jobs import shipped_demos_path
@@ -132,3 +134,51 @@ def test_baselines_and_dola_on_gemma(real_model):
     dola = score_requests(model, tokenizer, request, readout=DoLaReadout((0, 3, 6)))
     base = score_requests(model, tokenizer, request)
     assert [s.logprob for s in dola[0]] != [s.logprob for s in base[0]]
+
+
+def test_bias_evaluations_on_gemma(real_model, tmp_path):
+    """`sea eval crows-pairs` and `sea eval bbq` run on the embedded model (hand-written
+    fixtures: the real CrowS-Pairs file is not available here). Each CrowS-Pairs sentence
+    score is the total log-probability after the start token, checked against one plain
+    forward pass; the preference is read off those scores."""
+    fixtures = Path(__file__).parent / "fixtures" / "data"
+    crows = fixtures / "crows_pairs" / "crows_pairs_anonymized.csv"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["eval", "crows-pairs", "--file", str(crows), "--out", str(tmp_path / "crows")]
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (tmp_path / "crows" / "per_pair.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "crows" / "summary.json").read_text())
+    assert summary["overall"]["n"] == len(rows) >= 5
+    assert summary["overall"]["pct_more"] == pytest.approx(
+        100 * sum(r["prefers_more"] for r in rows) / len(rows)
+    )
+    model, tokenizer = real_model
+    pairs = load_crows_pairs(crows)
+    for pair, row in zip(pairs[:2], rows, strict=False):
+        for sentence, key in ((pair.sent_more, "logprob_more"), (pair.sent_less, "logprob_less")):
+            ctx, cont = encode_pair(tokenizer, "", sentence)
+            assert ctx == [tokenizer.bos_token_id]
+            logits = model(torch.tensor([ctx + cont])).logits[0].double()
+            logprobs = torch.log_softmax(logits, -1)
+            expected = sum(logprobs[i, t].item() for i, t in enumerate(cont))
+            assert abs(row[key] - expected) < 1e-4
+        assert row["prefers_more"] == (row["logprob_more"] > row["logprob_less"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "bbq",
+            "--held-out-from",
+            "2",
+            "--data-dir",
+            str(fixtures),
+            "--out",
+            str(tmp_path / "bbq"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "bbq" / "summary.json").read_text())
+    assert set(summary["overall"]) == {"ambig", "disambig"}
+    assert sum(cell["n"] for cell in summary["overall"].values()) > 0
