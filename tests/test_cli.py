@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from spectral_edit import SpectralEditor
 from spectral_edit.cli import app
 from spectral_edit.demos import Demonstration, write_demos
+from tests.cli_runs import eval_bbq_fixture, eval_crows_fixture
 
 runner = CliRunner()
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
@@ -163,39 +164,8 @@ def test_bias_and_control_commands(tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert len(demos.read_text().splitlines()) == 2
-    result = runner.invoke(
-        app,
-        [
-            "eval",
-            "bbq",
-            "--model",
-            str(tiny_model_dir),
-            "--held-out-from",
-            "2",
-            "--data-dir",
-            str(FIXTURES),
-            "--out",
-            str(tmp_path / "bbq"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "bbq" / "summary.json").read_text())
-    assert set(summary["overall"]) == {"ambig", "disambig"}
-    result = runner.invoke(
-        app,
-        [
-            "eval",
-            "crows-pairs",
-            "--model",
-            str(tiny_model_dir),
-            "--file",
-            str(FIXTURES / "crows_pairs" / "crows_pairs_anonymized.csv"),
-            "--out",
-            str(tmp_path / "crows"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "crows" / "summary.json").read_text())["overall"]["n"] > 0
+    eval_bbq_fixture(tmp_path / "bbq", ["--model", str(tiny_model_dir)])
+    eval_crows_fixture(tmp_path / "crows", ["--model", str(tiny_model_dir)])
     result = runner.invoke(
         app,
         [

@@ -1,7 +1,6 @@
 """Real-model tests on the embedded Gemma 3 270M (select with --real-model)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from spectral_edit.generation import generate_greedy
 from spectral_edit.jobs import shipped_demos_path
 from spectral_edit.pipeline import fit_editor
 from spectral_edit.tokens import encode_pair
+from tests.cli_runs import CROWS_FIXTURE, eval_bbq_fixture, eval_crows_fixture
 
 pytestmark = pytest.mark.real_model
 
@@ -33,6 +33,13 @@ def shipped_editor(real_model):
         pos_ratio=0.99,
         neg_ratio=0.99,
     )
+
+
+def _full_forward_logprob(model, tokenizer, context: str, continuation: str) -> float:
+    """log p(continuation | context) from one plain forward pass, in float64."""
+    ctx, cont = encode_pair(tokenizer, context, continuation)
+    logprobs = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].double(), -1)
+    return sum(logprobs[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
 
 
 def _last_logits(model, tokenizer, text):
@@ -73,10 +80,7 @@ def test_scorer_matches_full_forward(real_model, shipped_editor, share_contexts,
         )
         for request, row in zip(requests, scores, strict=True):
             for continuation, score in zip(request.continuations, row, strict=True):
-                ctx, cont = encode_pair(tokenizer, request.context, continuation)
-                logits = model(torch.tensor([ctx + cont])).logits[0].double()
-                logprobs = torch.log_softmax(logits, -1)
-                expected = sum(logprobs[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+                expected = _full_forward_logprob(model, tokenizer, request.context, continuation)
                 assert abs(score.logprob - expected) < 1e-4
 
 
@@ -141,44 +145,17 @@ def test_bias_evaluations_on_gemma(real_model, tmp_path):
     fixtures: the real CrowS-Pairs file is not available here). Each CrowS-Pairs sentence
     score is the total log-probability after the start token, checked against one plain
     forward pass; the preference is read off those scores."""
-    fixtures = Path(__file__).parent / "fixtures" / "data"
-    crows = fixtures / "crows_pairs" / "crows_pairs_anonymized.csv"
-    runner = CliRunner()
-    result = runner.invoke(
-        app, ["eval", "crows-pairs", "--file", str(crows), "--out", str(tmp_path / "crows")]
-    )
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(x) for x in (tmp_path / "crows" / "per_pair.jsonl").read_text().splitlines()]
-    summary = json.loads((tmp_path / "crows" / "summary.json").read_text())
-    assert summary["overall"]["n"] == len(rows) >= 5
+    model, tokenizer = real_model
+    summary, rows = eval_crows_fixture(tmp_path / "crows", [])
+    assert len(rows) >= 5
     assert summary["overall"]["pct_more"] == pytest.approx(
         100 * sum(r["prefers_more"] for r in rows) / len(rows)
     )
-    model, tokenizer = real_model
-    pairs = load_crows_pairs(crows)
+    pairs = load_crows_pairs(CROWS_FIXTURE)
     for pair, row in zip(pairs[:2], rows, strict=False):
+        assert encode_pair(tokenizer, "", pair.sent_more)[0] == [tokenizer.bos_token_id]
         for sentence, key in ((pair.sent_more, "logprob_more"), (pair.sent_less, "logprob_less")):
-            ctx, cont = encode_pair(tokenizer, "", sentence)
-            assert ctx == [tokenizer.bos_token_id]
-            logits = model(torch.tensor([ctx + cont])).logits[0].double()
-            logprobs = torch.log_softmax(logits, -1)
-            expected = sum(logprobs[i, t].item() for i, t in enumerate(cont))
-            assert abs(row[key] - expected) < 1e-4
+            assert abs(row[key] - _full_forward_logprob(model, tokenizer, "", sentence)) < 1e-4
         assert row["prefers_more"] == (row["logprob_more"] > row["logprob_less"])
-    result = runner.invoke(
-        app,
-        [
-            "eval",
-            "bbq",
-            "--held-out-from",
-            "2",
-            "--data-dir",
-            str(fixtures),
-            "--out",
-            str(tmp_path / "bbq"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "bbq" / "summary.json").read_text())
-    assert set(summary["overall"]) == {"ambig", "disambig"}
+    summary = eval_bbq_fixture(tmp_path / "bbq", [])
     assert sum(cell["n"] for cell in summary["overall"].values()) > 0
