@@ -34,6 +34,7 @@ from spectral_edit.data import load_bbq_dir, load_mc_task, resolve
 from spectral_edit.demos import DemoActivations, capture_demos
 from spectral_edit.evaluate.bbq import evaluate_bbq, split_bbq_items
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
+from spectral_edit.fit import default_feature_scales
 from spectral_edit.layers import find_decoder_layers
 from spectral_edit.models import load_model
 from spectral_edit.pipeline import fit_from_activations
@@ -79,6 +80,12 @@ def main() -> None:
     )
     parser.add_argument("--last", type=int, default=2)
     parser.add_argument("--ratio", type=float, default=0.99)
+    parser.add_argument(
+        "--scale-factor",
+        type=float,
+        default=1.0,
+        help="Φ-SEA scales = this × each layer's neutral RMS (1: the default scales)",
+    )
     parser.add_argument("--per-cell", type=int, default=300)
     parser.add_argument("--tqa-limit", type=int, default=None)
     parser.add_argument(
@@ -176,12 +183,15 @@ def main() -> None:
                 name = f"{feature} n={n} last-{args.last} r={args.ratio} " + (
                     "centred" if centered else "uncentred"
                 )
+                if args.scale_factor != 1 and feature != "linear":
+                    name += f" scale={args.scale_factor:g}×rms"
                 options = {
                     "n": n,
                     "feature": feature,
                     "centered": centered,
                     "last": args.last,
                     "ratio": args.ratio,
+                    "scale_factor": args.scale_factor,
                 }
                 settings.append((name, options))
     todo = [s for s in settings[shard::shards] if s[0] not in finished()]
@@ -224,6 +234,9 @@ def main() -> None:
             neg_ratio=args.ratio,
             centered=options["centered"],
             feature=options["feature"],
+            feature_scales=None
+            if options["feature"] == "linear"
+            else [args.scale_factor * x for x in default_feature_scales(sub.neutral)],
         )
         bbq, tqa, seconds = run(editor, with_tqa=n in tqa_ns)
         record(name, options, bbq, tqa, seconds, editor)

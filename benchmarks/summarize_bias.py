@@ -26,6 +26,8 @@ def main() -> None:
             if not o
             else (f"{o['feature']} N={o['n']} {'centred' if o['centered'] else 'uncentred'}")
         )
+        if o.get("scale_factor", 1) != 1 and o.get("feature") != "linear":
+            name += f", s = {o['scale_factor']:g} × RMS"
         ranks = row.get("ranks") or {}
         table.append(
             [

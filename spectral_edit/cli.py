@@ -94,6 +94,13 @@ def fit(
     feature: Annotated[
         str, typer.Option(help="linear, tanh, elu or squared-exponential (Φ-SEA).")
     ] = "linear",
+    feature_scales: Annotated[
+        str | None,
+        typer.Option(
+            help="Φ-SEA scales, comma-separated, one per fitted layer "
+            "(default: each layer's neutral RMS)."
+        ),
+    ] = None,
     merge: Annotated[str, typer.Option(help="norm or mean.")] = "norm",
     alpha: Annotated[float, typer.Option(help="Edit strength (0 = no edit).")] = 1.0,
     layer_path: Annotated[
@@ -113,6 +120,14 @@ def fit(
         records = read_demos(demos)
     except DemoFormatError as error:
         raise _fail(str(error)) from None
+    scales = None
+    if feature_scales is not None:
+        try:
+            scales = [float(x) for x in feature_scales.split(",")]
+        except ValueError:
+            raise _fail(f"--feature-scales: not a list of numbers: {feature_scales!r}") from None
+        if not all(x > 0 for x in scales):
+            raise _fail(f"--feature-scales: every scale must be > 0, got {feature_scales!r}")
     lm, tokenizer = _load(model, dtype, device_map)
     try:
         editor = fit_editor(
@@ -132,6 +147,7 @@ def fit(
             neg_rank=neg_rank,
             centered=centered,
             feature=feature,
+            feature_scales=scales,
             merge=merge,
             alpha=alpha,
             metadata={"demonstrations_file": str(demos)},

@@ -143,6 +143,18 @@ class FeatureMap:
             out = torch.exp(-0.5 * u * u)
         return out.to(x.dtype)
 
+    def clipped(self, u: Tensor) -> Tensor:
+        """Mask of the scaled activations ``u = h / s`` (any shape) that the float32
+        round trip ``φ⁻¹(φ(u))`` does not give back (relative error above 1e-3: in float32
+        tanh beyond ``|u| ≈ 6.9``, elu below ``u ≈ −13.0``, squared-exponential beyond
+        ``|u| ≈ 13.2``): an editor that uses this map moves those coordinates
+        on every edited token, whatever its projections. All False for ``linear``."""
+        if self.is_identity:
+            return torch.zeros(u.shape, dtype=torch.bool, device=u.device)
+        u32 = u.to(torch.float32)
+        back = self.inverse(self.forward(u32, 1.0), 1.0, u32)
+        return (back - u32).abs() > 1e-3 * u32.abs().clamp_min(1.0)
+
     def inverse(self, y: Tensor, scale: Tensor | float, reference: Tensor | None = None) -> Tensor:
         """Apply φ_s^{-1}(y) = s · φ^{-1}(y) element-wise, clamping ``y`` into φ's range.
 

@@ -15,6 +15,7 @@ subspaces (hence the projections and the editor) are the same as the dense route
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -90,6 +91,8 @@ class SpectralFitter:
         self.sum_neutral = torch.zeros(shape, **opts)
         self.sum_pos = torch.zeros(shape, **opts)
         self.sum_neg = torch.zeros(shape, **opts)
+        # per layer: neutral coordinates whose feature-map round trip is lossy (Φ-SEA)
+        self.clipped_count = torch.zeros(len(self.layers), dtype=torch.int64, device=device)
         self._spectra: dict[str, list[tuple[torch.Tensor, ...]]] = {}  # route → spectra
         # raw (neutral, positive, negative) batches for the thin route; None once dropped
         self._samples: list[tuple[torch.Tensor, ...]] | None = [] if svd != "dense" else None
@@ -118,6 +121,10 @@ class SpectralFitter:
             else:
                 device = self.cross_pos.device
                 self._samples.append(tuple(x.to(device, copy=True) for x in (h, hp, hn)))
+        if self.feature_scales is not None:
+            scales = torch.tensor(self.feature_scales, dtype=torch.float64)
+            scaled = h.to(torch.float64) / scales.to(h.device)[None, :, None]
+            self.clipped_count += self.feature.clipped(scaled).sum((0, 2)).to(self.clipped_count)
         h, hp, hn = self._features(h), self._features(hp), self._features(hn)
         self.cross_pos += torch.einsum("nli,nlj->lij", h, hp)
         self.cross_neg += torch.einsum("nli,nlj->lij", h, hn)
@@ -242,8 +249,22 @@ class SpectralFitter:
                 }
             )
         signatures = self.signatures()
-        for entry, value in zip(stats, signatures.tolist(), strict=True):
+        clipped = (self.clipped_count.double() / (self.count * self.hidden_size)).tolist()
+        for entry, value, share in zip(stats, signatures.tolist(), clipped, strict=True):
             entry["signature"] = value
+            if self.feature_scales is not None:
+                entry["clipped_share"] = share
+        if any(share > 0 for share in clipped):
+            worst = max(range(len(clipped)), key=clipped.__getitem__)
+            warnings.warn(
+                f"feature map {self.feature.name!r}: {clipped[worst]:.3%} of the neutral "
+                f"activation coordinates of layer {self.layers[worst]} (scale "
+                f"{self.feature_scales[worst]:.4g}) lie where the float32 round trip "
+                "φ⁻¹(φ(h)) is lossy, so every edited token changes there whatever the "
+                "projections; pass larger feature_scales (sea fit --feature-scales) or use "
+                "elu or linear. Per-layer shares: the editor's layer_stats 'clipped_share'.",
+                stacklevel=2,
+            )
         info = {
             "n_demonstrations": self.count,
             "centered": self.centered,

@@ -35,13 +35,17 @@ def fit_from_activations(
     neg_rank: int | None = None,
     centered: bool = False,
     feature: str = "linear",
+    feature_scales: Sequence[float] | None = None,
     site: str = "residual",
     merge: str = "norm",
     alpha: float = 1.0,
     layer_path: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> SpectralEditor:
-    """Fit an editor on captured demonstration activations (cheap: no model pass)."""
+    """Fit an editor on captured demonstration activations (cheap: no model pass).
+
+    ``feature_scales``: Φ-SEA scales, one per captured layer (default: the neutral
+    activations' RMS per layer)."""
     return fit_from_arrays(
         activations.neutral,
         activations.positive,
@@ -54,6 +58,7 @@ def fit_from_activations(
         neg_rank=neg_rank,
         centered=centered,
         feature=feature,
+        feature_scales=feature_scales,
         site=site,
         merge=merge,
         alpha=alpha,
@@ -80,7 +85,7 @@ def fit_editor(
 
     ``layers``: ``"last-L"``, ``"all"``, or explicit indices. ``neutral``: ``generate``
     (the model's greedy answer), ``prompt`` or ``given``. ``fit_options``: ratios or
-    ranks, ``centered``, ``feature``, ``merge``, ``alpha``.
+    ranks, ``centered``, ``feature``, ``feature_scales``, ``merge``, ``alpha``.
     """
     num_layers = len(find_decoder_layers(model, layer_path))
     chosen = parse_layers(layers, num_layers)

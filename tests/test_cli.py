@@ -183,3 +183,21 @@ def test_bias_and_control_commands(tiny_model_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "arc_easy" in json.loads((tmp_path / "control" / "summary.json").read_text())["tasks"]
+
+
+def test_fit_feature_scales_given_or_refused(tiny_model_dir, demos_file, tmp_path):
+    args = ["fit", "--model", str(tiny_model_dir), "--demos", str(demos_file)]
+    args += ["--layers", "last-2", "--neutral", "prompt", "--feature", "tanh"]
+    out = tmp_path / "tanh.safetensors"
+    result = runner.invoke(app, [*args, "--out", str(out), "--feature-scales", "2.5,4"])
+    assert result.exit_code == 0, result.output
+    assert SpectralEditor.load(out).feature_scales == (2.5, 4.0)
+    for bad, message in (("2.5,x", "not a list of numbers"), ("2.5,-1", "must be > 0")):
+        bad_out = tmp_path / "bad.safetensors"
+        result = runner.invoke(app, [*args, "--out", str(bad_out), "--feature-scales", bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not bad_out.exists()
+    result = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "b.safetensors"), "--feature-scales", "1"]
+    )
+    assert result.exit_code == 2 and "one scale per layer" in result.output, result.output

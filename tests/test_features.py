@@ -289,3 +289,22 @@ def test_rms_scale() -> None:
         rms_scale(torch.empty(0, 4))
     with pytest.raises(ValueError, match="scale"):
         rms_scale(torch.zeros(3, 4))
+
+
+# --------------------------------------------------------------------------- clipping
+
+
+def test_clipped_marks_where_the_float32_round_trip_is_lossy() -> None:
+    u = torch.tensor([0.0, 0.5, -3.0, 8.0, -8.0, 9.5, -9.5, 20.0, -20.0], dtype=torch.float64)
+    expected = {
+        "linear": [False] * 9,
+        # 1 − tanh(u) falls to a few float32 spacings beyond |u| ≈ 6.9, then to 0 (≈ 8.6)
+        "tanh": [False, False, False, True, True, True, True, True, True],
+        # exp(u) − 1 keeps too few digits of exp(u) below u ≈ −13.0
+        "elu": [False] * 8 + [True],
+        # exp(−u²/2) underflows below the smallest normal float32 beyond |u| ≈ 13.2
+        "squared-exponential": [False] * 7 + [True, True],
+    }
+    for name, mask in expected.items():
+        assert get_feature_map(name).clipped(u).tolist() == mask, name
+        assert get_feature_map(name).clipped(u.reshape(3, 3)).shape == (3, 3)

@@ -274,3 +274,22 @@ def test_thin_route_falls_back_to_dense_for_ranks_beyond_n():
         strict=True,
     ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_fitter_reports_coordinates_the_feature_map_clips() -> None:
+    """One massive coordinate (as in real residual streams: 26 × the RMS on Gemma 3 270M)
+    lies beyond tanh's float32 round trip at the RMS scale: the fit warns and records the
+    share per layer; a scale large enough to keep it invertible silences both."""
+    gen = torch.Generator().manual_seed(0)
+    h, hp, hn = (torch.randn(40, 1, 64, generator=gen, dtype=torch.float64) for _ in range(3))
+    h[:, 0, 3] = 400.0
+    with pytest.warns(UserWarning, match="layer 0 .*feature_scales"):
+        editor = fit_from_arrays(h, hp, hn, feature="tanh")
+    assert editor.metadata["layer_stats"][0]["clipped_share"] == pytest.approx(1 / 64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = fit_from_arrays(h, hp, hn, feature="tanh", feature_scales=[100.0])
+        fit_from_arrays(h, hp, hn)  # linear: nothing to clip
+    assert wide.metadata["layer_stats"][0]["clipped_share"] == 0.0
