@@ -15,6 +15,16 @@ def main() -> None:
     parser.add_argument("bias_dir", type=Path)
     args = parser.parse_args()
     rows = [json.loads(x) for x in (args.bias_dir / "bias.jsonl").read_text().splitlines() if x]
+    features = ("linear", "tanh", "elu", "squared-exponential")
+
+    def order(row: dict) -> tuple:
+        """Unedited first, then N descending, feature, uncentred before centred, scale."""
+        o = row["options"]
+        if not o:
+            return (0,)
+        return (1, -o["n"], features.index(o["feature"]), o["centered"], o.get("scale_factor", 1))
+
+    rows.sort(key=order)
     table = []
     for row in rows:
         overall = row["bbq"]["overall"]
