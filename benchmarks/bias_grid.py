@@ -100,11 +100,16 @@ def main() -> None:
     path = args.out / "bias.jsonl"
     lock = FileLock(str(args.out / "bias.lock"))
 
-    def finished() -> set[str]:
+    def finished() -> dict[str, bool]:
+        """Setting name → whether it has its TruthfulQA scores (in any of its rows)."""
         with lock:
-            if not path.exists():
-                return set()
-            return {json.loads(x)["name"] for x in path.read_text().splitlines() if x}
+            rows = (
+                [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
+            )
+        done: dict[str, bool] = {}
+        for row in rows:
+            done[row["name"]] = done.get(row["name"], False) or row.get("truthfulqa") is not None
+        return done
 
     ns = sorted(int(x) for x in args.n.split(","))
     split_n = args.split_n or max(ns)
@@ -194,7 +199,14 @@ def main() -> None:
                     "scale_factor": args.scale_factor,
                 }
                 settings.append((name, options))
-    todo = [s for s in settings[shard::shards] if s[0] not in finished()]
+    done = finished()
+    # a setting is due if it has no row, or lacks TruthfulQA that --tqa-n now asks for
+    # (then only TruthfulQA runs, and a supplementary row records it)
+    todo = [
+        (name, options)
+        for name, options in settings[shard::shards]
+        if name not in done or (options is not None and options["n"] in tqa_ns and not done[name])
+    ]
     if todo and todo[0][1] is None:  # the unedited model first: it needs no activations
         bbq, tqa, seconds = run(None, bool(tqa_ns))
         record("unedited", {}, bbq, tqa, seconds)
@@ -238,6 +250,26 @@ def main() -> None:
             if options["feature"] == "linear"
             else [args.scale_factor * x for x in default_feature_scales(sub.neutral)],
         )
+        if name in done:  # BBQ is in an earlier row: TruthfulQA only
+            t0 = time.perf_counter()
+            with editor.apply(model):
+                tqa = evaluate_truthfulqa(model, tokenizer, questions, batch_size=args.batch_size)
+            row = {
+                "name": name,
+                "options": options,
+                "supplement": "truthfulqa",
+                "truthfulqa": tqa.summary,
+                "seconds": time.perf_counter() - t0,
+                "device": device,
+            }
+            with lock, path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(
+                f"[{time.perf_counter() - start:5.0f}s] {name}: TQA MC1 {tqa.summary['mc1']:.1f} "
+                f"MC2 {tqa.summary['mc2']:.1f} ({row['seconds']:.0f}s)",
+                flush=True,
+            )
+            continue
         bbq, tqa, seconds = run(editor, with_tqa=n in tqa_ns)
         record(name, options, bbq, tqa, seconds, editor)
 

@@ -15,6 +15,11 @@ def main() -> None:
     parser.add_argument("bias_dir", type=Path)
     args = parser.parse_args()
     rows = [json.loads(x) for x in (args.bias_dir / "bias.jsonl").read_text().splitlines() if x]
+    supplements = {r["name"]: r["truthfulqa"] for r in rows if r.get("supplement") == "truthfulqa"}
+    rows = [r for r in rows if "supplement" not in r]
+    for row in rows:
+        if row.get("truthfulqa") is None and row["name"] in supplements:
+            row["truthfulqa"] = supplements[row["name"]]
     features = ("linear", "tanh", "elu", "squared-exponential")
 
     def order(row: dict) -> tuple:
