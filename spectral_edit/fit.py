@@ -97,12 +97,19 @@ class SpectralFitter:
         # raw (neutral, positive, negative) batches for the thin route; None once dropped
         self._samples: list[tuple[torch.Tensor, ...]] | None = [] if svd != "dense" else None
 
+    def _scales(self) -> torch.Tensor:
+        """The Φ-SEA scales as ``(1, L, 1)`` float64 on the fitter's device."""
+        assert self.feature_scales is not None
+        scales = torch.tensor(
+            self.feature_scales, dtype=torch.float64, device=self.cross_pos.device
+        )
+        return scales[None, :, None]
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.cross_pos.device, dtype=torch.float64)
         if self.feature_scales is None:
             return x
-        scales = torch.tensor(self.feature_scales, dtype=torch.float64, device=x.device)
-        return self.feature.forward(x, scales[None, :, None])
+        return self.feature.forward(x, self._scales())
 
     @torch.no_grad()
     def update(self, neutral: ArrayLike, positive: ArrayLike, negative: ArrayLike) -> None:
@@ -122,9 +129,8 @@ class SpectralFitter:
                 device = self.cross_pos.device
                 self._samples.append(tuple(x.to(device, copy=True) for x in (h, hp, hn)))
         if self.feature_scales is not None:
-            scales = torch.tensor(self.feature_scales, dtype=torch.float64)
-            scaled = h.to(torch.float64) / scales.to(h.device)[None, :, None]
-            self.clipped_count += self.feature.clipped(scaled).sum((0, 2)).to(self.clipped_count)
+            scaled = h.to(self.cross_pos.device, torch.float64) / self._scales()
+            self.clipped_count += self.feature.clipped(scaled).sum((0, 2))
         h, hp, hn = self._features(h), self._features(hp), self._features(hn)
         self.cross_pos += torch.einsum("nli,nlj->lij", h, hp)
         self.cross_neg += torch.einsum("nli,nlj->lij", h, hn)
