@@ -28,16 +28,16 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
-from spectral_edit._atomic import atomic_path
-from spectral_edit.builders import bbq_demos
 from spectral_edit.data import load_bbq_dir, load_mc_task, resolve
-from spectral_edit.demos import DemoActivations, capture_demos
+from spectral_edit.demos.builders import bbq_demos
+from spectral_edit.demos.format import DemoActivations, capture_demos
+from spectral_edit.editors.sea_fit import default_feature_scales
 from spectral_edit.evaluate.bbq import evaluate_bbq, split_bbq_items
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
-from spectral_edit.fit import default_feature_scales
-from spectral_edit.layers import find_decoder_layers
-from spectral_edit.models import load_model
-from spectral_edit.pipeline import fit_from_activations
+from spectral_edit.experiments.pipeline import fit_from_activations
+from spectral_edit.hf.layers import find_decoder_layers
+from spectral_edit.hf.models import load_model
+from spectral_edit.util.atomic import atomic_path
 
 FEATURES = ("linear", "tanh", "elu", "squared-exponential")
 

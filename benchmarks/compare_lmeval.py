@@ -17,8 +17,8 @@ from pathlib import Path
 
 from spectral_edit.data import load_mc_task, resolve
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
-from spectral_edit.models import load_model
-from spectral_edit.report import write_json
+from spectral_edit.hf.models import load_model
+from spectral_edit.util.report import write_json
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from spectral_edit.fit import default_feature_scales
+from spectral_edit.editors.sea_fit import default_feature_scales
 
 
 def main() -> None:

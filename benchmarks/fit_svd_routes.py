@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from spectral_edit.fit import SpectralFitter
+from spectral_edit.editors.sea_fit import SpectralFitter
 
 
 def main() -> None:

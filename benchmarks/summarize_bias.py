@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from spectral_edit.report import markdown_table
+from spectral_edit.util.report import markdown_table
 
 
 def main() -> None:

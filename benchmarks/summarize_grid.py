@@ -15,7 +15,7 @@ from pathlib import Path
 
 from grid_rows import METRICS, fold_positions, grid_questions, merge_rows, read_rows, select
 
-from spectral_edit.report import fmt, markdown_table, write_json
+from spectral_edit.util.report import fmt, markdown_table, write_json
 
 
 def _setting_label(options: dict) -> str:

@@ -31,15 +31,15 @@ from filelock import FileLock
 from grid_rows import fold_positions, merge_rows, read_rows, select
 from safetensors.torch import load_file, save_file
 
-from spectral_edit._atomic import atomic_path
-from spectral_edit.builders import halueval_demos
-from spectral_edit.capture import capture
 from spectral_edit.data import load_halueval_qa, load_mc_task, resolve
-from spectral_edit.demos import DemoActivations, capture_demos
+from spectral_edit.demos.builders import halueval_demos
+from spectral_edit.demos.format import DemoActivations, capture_demos
+from spectral_edit.editors.sea_fit import SpectralFitter
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
-from spectral_edit.fit import SpectralFitter
-from spectral_edit.layers import find_decoder_layers
-from spectral_edit.models import load_model
+from spectral_edit.hf.capture import capture
+from spectral_edit.hf.layers import find_decoder_layers
+from spectral_edit.hf.models import load_model
+from spectral_edit.util.atomic import atomic_path
 
 
 def _demos(data_dir: str, n_max: int):

@@ -12,11 +12,11 @@ Fit offline from demonstrations, edit online through forward hooks::
         ...
 """
 
-from .capture import capture
-from .demos import Demonstration, capture_demos, read_demos, write_demos
-from .editor import EditorFileError, SpectralEditor
-from .fit import SpectralFitter, fit_from_arrays
-from .layers import find_decoder_layers, parse_layers
+from .demos.format import Demonstration, capture_demos, read_demos, write_demos
+from .editors.sea import EditorFileError, SpectralEditor
+from .editors.sea_fit import SpectralFitter, fit_from_arrays
+from .hf.capture import capture
+from .hf.layers import find_decoder_layers, parse_layers
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from spectral_edit.cli import app
+from spectral_edit.cli.app import app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 CROWS_FIXTURE = FIXTURES / "crows_pairs" / "crows_pairs_anonymized.csv"

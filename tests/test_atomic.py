@@ -1,4 +1,4 @@
-"""Tests for spectral_edit._atomic: all-or-nothing writes and hashing."""
+"""Tests for spectral_edit.util.atomic: all-or-nothing writes and hashing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from spectral_edit._atomic import (
+from spectral_edit.util.atomic import (
     atomic_directory,
     atomic_path,
     atomic_write_bytes,

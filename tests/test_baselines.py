@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from spectral_edit import EditorFileError, SpectralEditor, fit_from_arrays
-from spectral_edit.baselines import MeanDifferenceEditor
-from spectral_edit.layers import find_decoder_layers
+from spectral_edit.editors.baselines import MeanDifferenceEditor
+from spectral_edit.hf.layers import find_decoder_layers
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer
 

@@ -6,17 +6,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spectral_edit import EditorFileError
-from spectral_edit.baselines import ITIEditor, MeanDifferenceEditor
-from spectral_edit.baselines.iti import (
+from spectral_edit.demos.format import Demonstration
+from spectral_edit.editors.baselines import ITIEditor, MeanDifferenceEditor
+from spectral_edit.editors.baselines.iti import (
     _logistic_objective,
     demo_split,
     fit_logistic,
     head_projections,
     rank_heads,
 )
-from spectral_edit.capture import capture_modules
-from spectral_edit.demos import Demonstration
-from spectral_edit.layers import (
+from spectral_edit.hf.capture import capture_modules
+from spectral_edit.hf.layers import (
     LayerNotFoundError,
     attention_head_shape,
     attention_output_module,
@@ -24,7 +24,7 @@ from spectral_edit.layers import (
     find_decoder_layers,
     linear_in_features,
 )
-from spectral_edit.tokens import encode_pair
+from spectral_edit.hf.tokens import encode_pair
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer, tiny_config
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from spectral_edit import EditorFileError
-from spectral_edit.baselines import LoRAEditor
-from spectral_edit.baselines.lora import (
+from spectral_edit.demos.format import Demonstration, answer_text
+from spectral_edit.editors.baselines import LoRAEditor
+from spectral_edit.editors.baselines.lora import (
     IGNORE_INDEX,
     answer_example,
     collate_examples,
@@ -19,8 +20,7 @@ from spectral_edit.baselines.lora import (
     positive_answer_loss,
     train_lora_copy,
 )
-from spectral_edit.demos import Demonstration, answer_text
-from spectral_edit.tokens import encode_pair
+from spectral_edit.hf.tokens import encode_pair
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer
 
@@ -225,8 +225,8 @@ def test_labels_mask_the_prompt_and_padding(tiny_tokenizer):
 def test_training_loss_uses_the_head_only_where_it_is_needed(arch):
     """The training loss (LM head at answer positions only) equals the masked loss of
     the model's full logits."""
-    from spectral_edit.baselines.lora import _forward_loss, answer_example, collate_examples
-    from spectral_edit.tokens import model_inputs, pad_id_of
+    from spectral_edit.editors.baselines.lora import _forward_loss, answer_example, collate_examples
+    from spectral_edit.hf.tokens import model_inputs, pad_id_of
 
     model, tokenizer = make_tiny_model(arch), make_tiny_tokenizer()
     examples = [

@@ -7,10 +7,10 @@ import pytest
 import torch
 from concept_erasure import LeaceFitter
 
-from spectral_edit.baselines import LeaceEditor, MeanDifferenceEditor, PCAVectorEditor
-from spectral_edit.editor_file import EditorFileError, read_editor_file, write_editor_file
-from spectral_edit.hooks import hidden_of
-from spectral_edit.layers import find_decoder_layers
+from spectral_edit.editors.baselines import LeaceEditor, MeanDifferenceEditor, PCAVectorEditor
+from spectral_edit.editors.file_format import EditorFileError, read_editor_file, write_editor_file
+from spectral_edit.hf.hooks import hidden_of
+from spectral_edit.hf.layers import find_decoder_layers
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer
 

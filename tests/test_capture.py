@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from spectral_edit.capture import capture
-from spectral_edit.layers import LayerNotFoundError, find_decoder_layers, parse_layers
-from spectral_edit.tokens import encode_pair
+from spectral_edit.hf.capture import capture
+from spectral_edit.hf.layers import LayerNotFoundError, find_decoder_layers, parse_layers
+from spectral_edit.hf.tokens import encode_pair
 
 from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
 

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spectral_edit import SpectralEditor
-from spectral_edit.cli import app
-from spectral_edit.demos import Demonstration, write_demos
+from spectral_edit.cli.app import app
+from spectral_edit.demos.format import Demonstration, write_demos
 from tests.cli_runs import eval_bbq_fixture, eval_crows_fixture
 
 runner = CliRunner()

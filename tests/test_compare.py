@@ -10,12 +10,18 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from spectral_edit.cli import app
-from spectral_edit.compare import CompareOptions, run_compare, tokens_processed
+from spectral_edit.cli.app import app
 from spectral_edit.data import load_fold, load_mc_task
 from spectral_edit.data.truthfulqa import split_mc_by_fold
-from spectral_edit.demos import Demonstration, write_demos
-from spectral_edit.methods import METHODS, Intervention, MethodSpec, parse_methods, setting_id
+from spectral_edit.demos.format import Demonstration, write_demos
+from spectral_edit.experiments.compare import CompareOptions, run_compare, tokens_processed
+from spectral_edit.experiments.methods import (
+    METHODS,
+    Intervention,
+    MethodSpec,
+    parse_methods,
+    setting_id,
+)
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer
 
@@ -231,7 +237,7 @@ def test_sea_compare_cli(tiny_model_dir, tmp_path):
 def test_a_prepared_editor_is_saved_and_not_prepared_again(tmp_path, data_dir):
     """An expensive preparation (ITI probes, LoRA training) is stored with the units: a
     resumed run loads it instead of preparing again, and scores the same."""
-    from spectral_edit.baselines import MeanDifferenceEditor
+    from spectral_edit.editors.baselines import MeanDifferenceEditor
 
     model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
     prepared = []

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from spectral_edit.builders import bbq_demos, halueval_demos, qa_prompt, truthfulqa_demos
 from spectral_edit.data import load_bbq, load_halueval_qa, load_truthfulqa_csv
-from spectral_edit.demos import (
+from spectral_edit.demos.builders import bbq_demos, halueval_demos, qa_prompt, truthfulqa_demos
+from spectral_edit.demos.format import (
     DemoFormatError,
     Demonstration,
     capture_demos,
@@ -15,8 +15,8 @@ from spectral_edit.demos import (
     read_demos,
     write_demos,
 )
-from spectral_edit.generation import generate_greedy, truncate_at_stops
-from spectral_edit.jobs import shipped_demos_path
+from spectral_edit.experiments.jobs import shipped_demos_path
+from spectral_edit.hf.generation import generate_greedy, truncate_at_stops
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer
 

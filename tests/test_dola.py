@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spectral_edit.evaluate.heads import final_norm
 from spectral_edit.evaluate.readout import (
     DoLaReadout,
     dola_buckets,
@@ -16,9 +15,10 @@ from spectral_edit.evaluate.readout import (
 )
 from spectral_edit.evaluate.scorer import ChoiceRequest, score_requests
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
-from spectral_edit.hooks import hooked
-from spectral_edit.layers import find_decoder_layers
-from spectral_edit.tokens import encode_pair
+from spectral_edit.hf.heads import final_norm
+from spectral_edit.hf.hooks import hooked
+from spectral_edit.hf.layers import find_decoder_layers
+from spectral_edit.hf.tokens import encode_pair
 
 from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from spectral_edit import EditorFileError, SpectralEditor, fit_from_arrays
-from spectral_edit.capture import capture
-from spectral_edit.layers import find_decoder_layers
-from spectral_edit.tokens import cache_kwargs, model_inputs, output_cache, pad_batch, pad_id_of
+from spectral_edit.hf.capture import capture
+from spectral_edit.hf.layers import find_decoder_layers
+from spectral_edit.hf.tokens import cache_kwargs, model_inputs, output_cache, pad_batch, pad_id_of
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer
 

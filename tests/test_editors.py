@@ -5,10 +5,10 @@ import torch
 from typer.testing import CliRunner
 
 from spectral_edit import fit_from_arrays
-from spectral_edit.baselines import LeaceEditor, MeanDifferenceEditor, PCAVectorEditor
-from spectral_edit.cli import app
-from spectral_edit.editor_file import EditorFileError
-from spectral_edit.editors import editor_classes, load_editor
+from spectral_edit.cli.app import app
+from spectral_edit.editors.baselines import LeaceEditor, MeanDifferenceEditor, PCAVectorEditor
+from spectral_edit.editors.file_format import EditorFileError
+from spectral_edit.editors.registry import editor_classes, load_editor
 
 from .tiny_models import make_tiny_model
 

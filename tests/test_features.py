@@ -1,4 +1,4 @@
-"""Tests for spectral_edit.features (Φ-SEA feature maps)."""
+"""Tests for spectral_edit.core.features (Φ-SEA feature maps)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from spectral_edit.features import (
+from spectral_edit.core.features import (
     FEATURE_NAMES,
     FeatureMap,
     clamp_margin,

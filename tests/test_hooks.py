@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from spectral_edit.hooks import add_hooks, hooked
+from spectral_edit.hf.hooks import add_hooks, hooked
 
 
 def _net():

@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from spectral_edit.jobs import StageStore, truthfulness_demo
+from spectral_edit.experiments.jobs import StageStore, truthfulness_demo
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
 

@@ -1,4 +1,4 @@
-"""Tests for spectral_edit.models and the tiny test models/tokenizer.
+"""Tests for spectral_edit.hf.models and the tiny test models/tokenizer.
 
 The GGUF conversion cache is tested with a fake "GGUF loader" that returns a tiny model
 (marked as quantized, refusing save_pretrained like a real GGUF model); one
@@ -17,9 +17,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from spectral_edit import models
-from spectral_edit._atomic import sha256_file
-from spectral_edit.models import (
+from spectral_edit.hf import models
+from spectral_edit.hf.models import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
     BuiltinModel,
@@ -33,6 +32,7 @@ from spectral_edit.models import (
     parse_dtype,
     resolve_revision,
 )
+from spectral_edit.util.atomic import sha256_file
 from tests.tiny_models import (
     BOS_ID,
     EOS_ID,

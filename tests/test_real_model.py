@@ -7,13 +7,13 @@ import torch
 from typer.testing import CliRunner
 
 from spectral_edit import SpectralEditor, read_demos
-from spectral_edit.cli import app
+from spectral_edit.cli.app import app
 from spectral_edit.data import load_crows_pairs
 from spectral_edit.evaluate.scorer import ChoiceRequest, score_requests
-from spectral_edit.generation import generate_greedy
-from spectral_edit.jobs import shipped_demos_path
-from spectral_edit.pipeline import fit_editor
-from spectral_edit.tokens import encode_pair
+from spectral_edit.experiments.jobs import shipped_demos_path
+from spectral_edit.experiments.pipeline import fit_editor
+from spectral_edit.hf.generation import generate_greedy
+from spectral_edit.hf.tokens import encode_pair
 from tests.cli_runs import CROWS_FIXTURE, eval_bbq_fixture, eval_crows_fixture
 
 pytestmark = pytest.mark.real_model
@@ -103,11 +103,11 @@ def test_baselines_and_dola_on_gemma(real_model):
     """ITI finds Gemma 3's wide heads (4 × 256 in a 640-wide stream); LoRA trains on a
     copy and its hooks reproduce the trained copy; DoLa's final norm maps the last layer
     to the model's own final state."""
-    from spectral_edit.baselines import ITIEditor, LoRAEditor
-    from spectral_edit.evaluate.heads import final_norm
+    from spectral_edit.editors.baselines import ITIEditor, LoRAEditor
     from spectral_edit.evaluate.readout import DoLaReadout
-    from spectral_edit.hooks import hooked
-    from spectral_edit.layers import find_decoder_layers
+    from spectral_edit.hf.heads import final_norm
+    from spectral_edit.hf.hooks import hooked
+    from spectral_edit.hf.layers import find_decoder_layers
 
     model, tokenizer = real_model
     demos = read_demos(shipped_demos_path())[:8]

@@ -5,8 +5,8 @@ import torch
 
 from spectral_edit import fit_from_arrays
 from spectral_edit.evaluate.scorer import ChoiceRequest, lm_head_logits, score_requests
-from spectral_edit.layers import find_decoder_layers
-from spectral_edit.tokens import encode_pair
+from spectral_edit.hf.layers import find_decoder_layers
+from spectral_edit.hf.tokens import encode_pair
 
 from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
 
@@ -112,7 +112,7 @@ def test_context_equal_to_prefix(share_contexts):
 def test_scorer_finds_the_decoder_when_base_model_prefix_is_wrong():
     """transformers 4.57's Gemma 3 names a ``language_model`` prefix it does not have, so
     ``model.base_model`` is the model itself; the decoder is then found by its layers."""
-    from spectral_edit.evaluate.heads import decoder_and_head
+    from spectral_edit.hf.heads import decoder_and_head
 
     model, tokenizer = make_tiny_model("gemma3"), make_tiny_tokenizer()
     expected = score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from spectral_edit import fit_from_arrays
-from spectral_edit.features import get_feature_map
-from spectral_edit.fit import SpectralFitter
-from spectral_edit.spectral import rank_for_energy, spectral_edit
+from spectral_edit.core.features import get_feature_map
+from spectral_edit.core.spectral import rank_for_energy, spectral_edit
+from spectral_edit.editors.sea_fit import SpectralFitter
 
 
 def test_rank_for_energy_hand_computed():

@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from spectral_edit._atomic import atomic_write_text
 from spectral_edit.data import load_fold, load_mc_task, resolve
 from spectral_edit.data.truthfulqa import MCQuestion, split_mc_by_fold
-from spectral_edit.demos import answer_text, read_demos
+from spectral_edit.demos.format import answer_text, read_demos
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
-from spectral_edit.layers import find_decoder_layers, parse_layers
+from spectral_edit.hf.layers import find_decoder_layers, parse_layers
+from spectral_edit.util.atomic import atomic_write_text
 
 ZERO_TOLERANCE = 1e-6
 """Largest |Δ log-prob| (nats, any answer) that still counts as "unchanged"."""

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 from _common import Run, Timer, build_parser
 
-from spectral_edit.baselines.mean_diff import MeanDifferenceEditor
-from spectral_edit.baselines.pca_vector import PCAVectorEditor
-from spectral_edit.capture import capture
-from spectral_edit.layers import find_decoder_layers
+from spectral_edit.editors.baselines.mean_diff import MeanDifferenceEditor
+from spectral_edit.editors.baselines.pca_vector import PCAVectorEditor
+from spectral_edit.hf.capture import capture
+from spectral_edit.hf.layers import find_decoder_layers
 
 EDITORS = {"mean-diff": MeanDifferenceEditor, "pca-vector": PCAVectorEditor}
 

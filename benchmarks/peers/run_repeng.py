@@ -42,7 +42,7 @@ from _common import Run, Timer, build_parser
 from repeng import ControlModel, ControlVector, DatasetEntry
 from repeng.control import model_layer_list
 
-from spectral_edit.capture import capture
+from spectral_edit.hf.capture import capture
 
 
 def copy_attention_types(control_model: ControlModel) -> list[str]:

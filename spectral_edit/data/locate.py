@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 import platformdirs
 
-from .._atomic import sha256_file
+from ..util.atomic import sha256_file
 from .errors import ChecksumMismatch, DataFileMissing, DataFormatError, DownloadError
 
 __all__ = [

@@ -7,7 +7,7 @@ Prompt (one per item; chosen here, the paper does not fix one)::
     A:
 
 Each option is scored as the continuation ``" " + option`` (one space, then the option
-text stripped of surrounding whitespace, as :func:`spectral_edit.demos.answer_text` builds
+text stripped of surrounding whitespace, as :func:`spectral_edit.demos.format.answer_text` builds
 demonstration answers), by the **mean** token log-probability (method.md), so longer
 options are not penalised for their length. The highest mean wins; a tie goes to the
 first option. The same prompt, :func:`bbq_prompt`, should be used to build BBQ

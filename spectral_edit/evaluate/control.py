@@ -33,7 +33,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.control import CONTROL_TASKS, ChoiceItem, GSM8KItem, load_control_task
-from ..generation import generate_greedy
+from ..hf.generation import generate_greedy
 from .metrics import (
     argmax_first,
     choice_accuracy,

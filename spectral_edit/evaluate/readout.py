@@ -23,7 +23,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .heads import final_norm, lm_head_logits
+from ..hf.heads import final_norm, lm_head_logits
 
 
 class Readout(Protocol):

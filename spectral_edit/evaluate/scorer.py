@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..progress import progress_bar
-from ..tokens import (
+from ..hf.heads import decoder_and_head, lm_head_logits
+from ..hf.tokens import (
     accepts_position_ids,
     cache_kwargs,
     encode,
@@ -33,7 +33,7 @@ from ..tokens import (
     output_cache,
     pad_id_of,
 )
-from .heads import decoder_and_head, lm_head_logits
+from ..util.progress import progress_bar
 from .readout import FINAL, FinalLayerReadout, Readout
 
 

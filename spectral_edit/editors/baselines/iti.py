@@ -30,12 +30,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..capture import capture_modules
-from ..demos import Demonstration, answer_text
-from ..editor_base import EditorBase
-from ..editor_file import EditorFileError, write_editor_file
-from ..hooks import HookHandle
-from ..layers import (
+from ...demos.format import Demonstration, answer_text
+from ...hf.capture import capture_modules
+from ...hf.hooks import HookHandle
+from ...hf.layers import (
     attention_head_shape,
     attention_output_modules,
     find_decoder_layers,
@@ -43,7 +41,9 @@ from ..layers import (
     linear_in_features,
     parse_layers,
 )
-from ._common import EDITOR_KEYS, activation_pair, editor_fields, editor_header, load_validated
+from ..base import EditorBase
+from ..file_format import EditorFileError, write_editor_file
+from .common import EDITOR_KEYS, activation_pair, editor_fields, editor_header, load_validated
 
 FORMAT_NAME = "spectral-edit/iti"
 FORMAT_VERSION = 1
@@ -186,7 +186,7 @@ class ITIEditor(EditorBase):
     ) -> ITIEditor:
         """Capture the head activations of ``demos`` in ``model`` and :meth:`fit` on them.
 
-        ``layers``: any :func:`~spectral_edit.layers.parse_layers` spec (default: all).
+        ``layers``: any :func:`~spectral_edit.hf.layers.parse_layers` spec (default: all).
         """
         num_layers = len(find_decoder_layers(model, layer_path))
         chosen = parse_layers(layers, num_layers)

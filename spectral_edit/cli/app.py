@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .models import DEFAULT_MODEL
+from ..hf.models import DEFAULT_MODEL
 
 app = typer.Typer(
     help="Spectral Editing of Activations (SEA): fit, apply and evaluate activation edits.",
@@ -49,7 +49,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _load(model: str, dtype: str | None, device_map: str | None):
-    from .models import ModelLoadError, load_model
+    from ..hf.models import ModelLoadError, load_model
 
     try:
         with console.status(f"loading {model} …"):
@@ -59,8 +59,8 @@ def _load(model: str, dtype: str | None, device_map: str | None):
 
 
 def _load_editor(path: Path, model, alpha: float | None = None):
-    from .editor_file import EditorFileError
-    from .editors import load_editor
+    from ..editors.file_format import EditorFileError
+    from ..editors.registry import load_editor
 
     try:
         editor = load_editor(path, model)
@@ -112,9 +112,9 @@ def fit(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Fit a SEA editor on a demonstrations file."""
-    from .demos import DemoFormatError, read_demos
-    from .pipeline import fit_editor
-    from .report import RANK_HEADERS, print_table, ranks_rows
+    from ..demos.format import DemoFormatError, read_demos
+    from ..experiments.pipeline import fit_editor
+    from ..util.report import RANK_HEADERS, print_table, ranks_rows
 
     try:
         records = read_demos(demos)
@@ -181,7 +181,7 @@ def generate(
     """Greedy continuations, unedited and (with --editor) edited, side by side."""
     from rich.table import Table
 
-    from .generation import ANSWER_STOPS, generate_greedy
+    from ..hf.generation import ANSWER_STOPS, generate_greedy
 
     lm, tokenizer = _load(model, dtype, device_map)
     prompts = [p.encode().decode("unicode_escape") if "\\n" in p else p for p in prompts]
@@ -210,9 +210,9 @@ def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file."
     """Show an editor's options, ranks and layer signature values."""
     from rich.table import Table
 
-    from .editor import EditorFileError, SpectralEditor
-    from .editors import load_editor
-    from .report import RANK_HEADERS, print_table, ranks_rows
+    from ..editors.registry import load_editor
+    from ..editors.sea import EditorFileError, SpectralEditor
+    from ..util.report import RANK_HEADERS, print_table, ranks_rows
 
     try:
         sea = load_editor(editor)
@@ -266,7 +266,7 @@ def _print_baseline_info(path: Path, editor) -> None:
 
 # --------------------------------------------------------------------------- demos
 def _write_demos(records, out: Path) -> None:
-    from .demos import write_demos
+    from ..demos.format import write_demos
 
     write_demos(out, records)
     console.print(f"wrote {len(records)} demonstrations to {out}")
@@ -290,8 +290,8 @@ def demos_halueval(
     data_dir: DataDirOpt = None,
 ) -> None:
     """HaluEval QA → demonstrations (positive = right answer, negative = a hallucination)."""
-    from .builders import halueval_demos
-    from .data import DataFileMissing, DataFormatError, load_halueval_qa, resolve
+    from ..data import DataFileMissing, DataFormatError, load_halueval_qa, resolve
+    from ..demos.builders import halueval_demos
 
     files = {
         "one-turn": ["qa_one-turn_data.json"],
@@ -318,8 +318,8 @@ def demos_truthfulqa(
     data_dir: DataDirOpt = None,
 ) -> None:
     """A TruthfulQA fold → demonstrations (best answer vs an incorrect answer)."""
-    from .builders import truthfulqa_demos
-    from .data import DataFileMissing, DataFormatError, load_fold
+    from ..data import DataFileMissing, DataFormatError, load_fold
+    from ..demos.builders import truthfulqa_demos
 
     try:
         rows = load_fold(fold, data_dir)
@@ -346,10 +346,10 @@ def eval_truthfulqa(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """TruthfulQA MC1/MC2/MC3 (per-question JSON Lines + summary JSON)."""
-    from .data import DataFileMissing, DataFormatError, load_fold, load_mc_task, resolve
-    from .data.truthfulqa import split_mc_by_fold
-    from .evaluate.truthfulqa import evaluate_truthfulqa
-    from .report import print_table, write_json, write_jsonl
+    from ..data import DataFileMissing, DataFormatError, load_fold, load_mc_task, resolve
+    from ..data.truthfulqa import split_mc_by_fold
+    from ..evaluate.truthfulqa import evaluate_truthfulqa
+    from ..util.report import print_table, write_json, write_jsonl
 
     try:
         questions = load_mc_task(resolve(f"truthfulqa/{mc_file}", data_dir))
@@ -383,8 +383,8 @@ def eval_truthfulqa(
 
 def _bbq_split(data_dir: Path | None, n: int, seed: int):
     """The deterministic BBQ split shared by ``sea demos bbq`` and ``sea eval bbq``."""
-    from .data import DataFileMissing, DataFormatError, load_bbq_dir, resolve
-    from .evaluate.bbq import split_bbq_items
+    from ..data import DataFileMissing, DataFormatError, load_bbq_dir, resolve
+    from ..evaluate.bbq import split_bbq_items
 
     try:
         folder = resolve("bbq/official/Age.jsonl", data_dir).parent
@@ -402,7 +402,7 @@ def demos_bbq(
     data_dir: DataDirOpt = None,
 ) -> None:
     """BBQ → demonstrations (gold option vs another option), held out by template."""
-    from .builders import bbq_demos
+    from ..demos.builders import bbq_demos
 
     demo_items, held_out = _bbq_split(data_dir, n, seed)
     _write_demos(bbq_demos(demo_items, seed=seed), out)
@@ -432,8 +432,8 @@ def eval_bbq(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """BBQ accuracy, unknown rate, bias score and stereotype rate (ambiguous/disambiguated)."""
-    from .evaluate.bbq import evaluate_bbq
-    from .report import write_json, write_jsonl
+    from ..evaluate.bbq import evaluate_bbq
+    from ..util.report import write_json, write_jsonl
 
     _, items = _bbq_split(data_dir, held_out_from, seed)
     items = items[:limit] if limit else items
@@ -447,7 +447,7 @@ def eval_bbq(
 
 
 def _print_bbq(summary: dict) -> None:
-    from .report import print_table
+    from ..util.report import print_table
 
     rows = []
     groups = {"overall": summary["overall"], **summary.get("by_category", {})}
@@ -481,9 +481,9 @@ def eval_crows_pairs(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """CrowS-Pairs: % of pairs whose more-stereotypical sentence scores higher."""
-    from .data import DataFormatError, load_crows_pairs
-    from .evaluate.crows_pairs import evaluate_crows_pairs
-    from .report import print_table, write_json, write_jsonl
+    from ..data import DataFormatError, load_crows_pairs
+    from ..evaluate.crows_pairs import evaluate_crows_pairs
+    from ..util.report import print_table, write_json, write_jsonl
 
     try:
         pairs = load_crows_pairs(file)
@@ -516,9 +516,9 @@ def eval_control(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Control tasks (log-likelihood multiple choice; gsm8k by greedy generation)."""
-    from .data import DataFileMissing, DataFormatError
-    from .evaluate.control import evaluate_control
-    from .report import print_table, write_json
+    from ..data import DataFileMissing, DataFormatError
+    from ..evaluate.control import evaluate_control
+    from ..util.report import print_table, write_json
 
     lm, tokenizer = _load(model, dtype, device_map)
     try:
@@ -587,12 +587,12 @@ def compare(
 ) -> None:
     """Every method on the same demonstrations and questions, tuned on one TruthfulQA fold
     and reported on the other, with control tasks: report.md, report.json and a plot."""
-    from .compare import CompareOptions, run_compare
-    from .data import DataFileMissing, DataFormatError, load_fold, load_mc_task, resolve
-    from .data.truthfulqa import split_mc_by_fold
-    from .demos import DemoFormatError, read_demos
-    from .jobs import load_truthfulness_demos
-    from .methods import parse_methods
+    from ..data import DataFileMissing, DataFormatError, load_fold, load_mc_task, resolve
+    from ..data.truthfulqa import split_mc_by_fold
+    from ..demos.format import DemoFormatError, read_demos
+    from ..experiments.compare import CompareOptions, run_compare
+    from ..experiments.jobs import load_truthfulness_demos
+    from ..experiments.methods import parse_methods
 
     try:
         names = parse_methods(methods)
@@ -657,7 +657,7 @@ def demo(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """The main job: HaluEval demonstrations → SEA editor → TruthfulQA before and after."""
-    from .jobs import truthfulness_demo
+    from ..experiments.jobs import truthfulness_demo
 
     truthfulness_demo(
         model,

@@ -18,16 +18,23 @@ from typing import Any
 
 from rich.console import Console
 
-from ._atomic import atomic_write_text
-from .builders import halueval_demos
-from .data.errors import DataFileMissing
-from .data.halueval import load_halueval_qa
-from .data.locate import resolve
-from .data.truthfulqa import load_mc_task
-from .demos import Demonstration, read_demos, write_demos
-from .editor import SpectralEditor
-from .evaluate.truthfulqa import evaluate_truthfulqa
-from .report import RANK_HEADERS, markdown_table, print_table, ranks_rows, write_json, write_jsonl
+from ..data.errors import DataFileMissing
+from ..data.halueval import load_halueval_qa
+from ..data.locate import resolve
+from ..data.truthfulqa import load_mc_task
+from ..demos.builders import halueval_demos
+from ..demos.format import Demonstration, read_demos, write_demos
+from ..editors.sea import SpectralEditor
+from ..evaluate.truthfulqa import evaluate_truthfulqa
+from ..util.atomic import atomic_write_text
+from ..util.report import (
+    RANK_HEADERS,
+    markdown_table,
+    print_table,
+    ranks_rows,
+    write_json,
+    write_jsonl,
+)
 
 SHIPPED_DEMOS = "truthful_demos.jsonl"
 
@@ -119,7 +126,7 @@ def truthfulness_demo(
 
     Stages (each resumable): demonstrations, editor fit, unedited and edited evaluation.
     """
-    from .models import load_model
+    from ..hf.models import load_model
     from .pipeline import fit_editor
 
     console = console or Console()

@@ -16,8 +16,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._atomic import atomic_path
-from .layers import find_decoder_layers, hidden_size_of
+from ..hf.layers import find_decoder_layers, hidden_size_of
+from ..util.atomic import atomic_path
 
 METADATA_KEY = "spectral_edit"
 

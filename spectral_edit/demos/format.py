@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ._atomic import atomic_write_text
-from .capture import capture
-from .generation import generate_greedy
+from ..hf.capture import capture
+from ..hf.generation import generate_greedy
+from ..util.atomic import atomic_write_text
 
 NEUTRAL_CHOICES = ("generate", "prompt", "given")
 """``generate``: the model's own greedy answer (paper); ``prompt``: the last prompt token;

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .progress import progress_bar
+from ..util.progress import progress_bar
 from .tokens import encode, model_inputs, pad_batch, pad_id_of
 
 ANSWER_STOPS = ("\n\n", "\nQ:")

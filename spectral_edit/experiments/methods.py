@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .demos import DemoActivations, Demonstration, capture_demos
-from .evaluate.readout import FINAL, DoLaReadout, Readout, parse_premature_layers
-from .fit import fit_from_arrays
-from .layers import find_decoder_layers, parse_layers
+from ..demos.format import DemoActivations, Demonstration, capture_demos
+from ..editors.sea_fit import fit_from_arrays
+from ..evaluate.readout import FINAL, DoLaReadout, Readout, parse_premature_layers
+from ..hf.layers import find_decoder_layers, parse_layers
 
 Setting = Mapping[str, Any]
 
@@ -153,7 +153,7 @@ def _sea(state: None, setting: Setting, ctx: FitContext) -> Intervention:
 
 def _steering(cls_name: str) -> Callable[[None, Setting, FitContext], Intervention]:
     def configure(state: None, setting: Setting, ctx: FitContext) -> Intervention:
-        from . import baselines
+        from ..editors import baselines
 
         layers, _, positive, negative = ctx.arrays(setting["layers"])
         editor = getattr(baselines, cls_name).fit(
@@ -170,7 +170,7 @@ def _steering(cls_name: str) -> Callable[[None, Setting, FitContext], Interventi
 
 
 def _prepare_iti(ctx: FitContext) -> Any:
-    from .baselines import ITIEditor
+    from ..editors.baselines import ITIEditor
 
     return ITIEditor.fit_model(
         ctx.model,
@@ -185,7 +185,7 @@ def _prepare_iti(ctx: FitContext) -> Any:
 
 
 def _prepare_lora(ctx: FitContext) -> Any:
-    from .baselines import LoRAEditor
+    from ..editors.baselines import LoRAEditor
 
     return LoRAEditor.train(
         ctx.model,
@@ -199,13 +199,13 @@ def _prepare_lora(ctx: FitContext) -> Any:
 
 
 def _load_iti(path: Path) -> Any:
-    from .baselines import ITIEditor
+    from ..editors.baselines import ITIEditor
 
     return ITIEditor.load(path)
 
 
 def _load_lora(path: Path) -> Any:
-    from .baselines import LoRAEditor
+    from ..editors.baselines import LoRAEditor
 
     return LoRAEditor.load(path)
 

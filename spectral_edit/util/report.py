@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ._atomic import atomic_write_text
+from .atomic import atomic_write_text
 
 
 def _parent(path: str | Path) -> Path:

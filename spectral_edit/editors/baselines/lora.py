@@ -2,7 +2,7 @@
 
 :meth:`LoRAEditor.train` fine-tunes low-rank adapters (with ``peft``) on a deep copy of the
 model, by supervised learning on the demonstrations' positive answers: each example is
-``prompt + answer_text(positive)`` tokenised with :func:`~spectral_edit.tokens.encode_pair`
+``prompt + answer_text(positive)`` tokenised with :func:`~spectral_edit.hf.tokens.encode_pair`
 (as answers are scored), and only the answer tokens carry a loss (prompt and padding
 labels are ``-100``). The user's model is never modified.
 
@@ -33,15 +33,15 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from ..demos import Demonstration, answer_text
-from ..editor_base import EditorBase
-from ..editor_file import EditorFileError, write_editor_file
-from ..evaluate.heads import decoder_and_head, lm_head_logits
-from ..hooks import HookHandle
-from ..layers import find_decoder_layers, hidden_size_of, parse_layers
-from ..progress import progress_bar
-from ..tokens import encode_pair, input_device, model_inputs, pad_batch, pad_id_of
-from ._common import (
+from ...demos.format import Demonstration, answer_text
+from ...hf.heads import decoder_and_head, lm_head_logits
+from ...hf.hooks import HookHandle
+from ...hf.layers import find_decoder_layers, hidden_size_of, parse_layers
+from ...hf.tokens import encode_pair, input_device, model_inputs, pad_batch, pad_id_of
+from ...util.progress import progress_bar
+from ..base import EditorBase
+from ..file_format import EditorFileError, write_editor_file
+from .common import (
     EDITOR_KEYS,
     check_alpha,
     check_site,
@@ -123,7 +123,7 @@ def lora_target_modules(
     Args:
         targets: module names or dotted suffixes inside a decoder layer (e.g. ``"q_proj"``,
             ``"self_attn.v_proj"``); ``None`` = :func:`default_targets`.
-        layers: decoder layers to adapt (any :func:`~spectral_edit.layers.parse_layers`
+        layers: decoder layers to adapt (any :func:`~spectral_edit.hf.layers.parse_layers`
             spec); ``None`` = all.
 
     Every target must match a linear layer in every selected decoder layer.
@@ -157,7 +157,7 @@ def answer_example(
 ) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of ``prompt + answer_text(answer)``, both of length T.
 
-    Tokenised with :func:`~spectral_edit.tokens.encode_pair` (the scoring rule); labels
+    Tokenised with :func:`~spectral_edit.hf.tokens.encode_pair` (the scoring rule); labels
     are ``IGNORE_INDEX`` on the prompt's tokens and the token ids on the answer's.
     """
     context, continuation = encode_pair(tokenizer, prompt, answer_text(answer))

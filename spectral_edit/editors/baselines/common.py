@@ -9,7 +9,7 @@
   written and read back;
 - :func:`load_validated` (and :func:`load_checked` for per-layer tensors): read a file,
   build the editor and check it fits a model, every failure an
-  :class:`~spectral_edit.editor_file.EditorFileError` naming the file;
+  :class:`~spectral_edit.editors.file_format.EditorFileError` naming the file;
 - :class:`LayerEditor`: ``fit`` / ``with_options`` / ``attach`` / ``save`` / ``load`` of
   the editors that add a per-layer edit at a decoder-layer site (mean difference, PCA
   vector, LEACE), which only implement their fit per layer and their edit.
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..editor_base import EditorBase
-from ..editor_file import EditorFileError, read_editor_file, write_editor_file
-from ..hooks import HookHandle
-from ..layers import SITES
+from ...hf.hooks import HookHandle
+from ...hf.layers import SITES
+from ..base import EditorBase
+from ..file_format import EditorFileError, read_editor_file, write_editor_file
 
 EDITOR_KEYS = ("hidden_size", "num_layers", "alpha")
 """Header keys every baseline editor file has (see :func:`editor_header`)."""
@@ -80,7 +80,7 @@ def activation_pair(
 
 # ------------------------------------------------------------------------ validation
 def check_site(site: str) -> None:
-    """Raise ``ValueError`` unless ``site`` is one of :data:`~spectral_edit.layers.SITES`."""
+    """Raise ``ValueError`` unless ``site`` is one of :data:`~spectral_edit.hf.layers.SITES`."""
     if site not in SITES:
         raise ValueError(f"site must be one of {SITES}, not {site!r}")
 

@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from ._common import COMMON_KEYS as COMMON_KEYS
-from ._common import LayerEditor, check_alpha, check_layers, check_vectors
-from ._common import activation_pair as activation_pair
-from ._common import common_fields as common_fields
-from ._common import common_header as common_header
-from ._common import load_checked as load_checked
+from .common import COMMON_KEYS as COMMON_KEYS
+from .common import LayerEditor, check_alpha, check_layers, check_vectors
+from .common import activation_pair as activation_pair
+from .common import common_fields as common_fields
+from .common import common_header as common_header
+from .common import load_checked as load_checked
 
 FORMAT_NAME = "spectral-edit/pca-vector"
 FORMAT_VERSION = 1

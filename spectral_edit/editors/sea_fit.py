@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .editor import SpectralEditor
-from .features import get_feature_map, rms_scale
-from .spectral import MERGES, energy_fractions, rank_for_energy
+from ..core.features import get_feature_map, rms_scale
+from ..core.spectral import MERGES, energy_fractions, rank_for_energy
+from .sea import SpectralEditor
 
 ArrayLike = torch.Tensor | np.ndarray
 SVD_ROUTES = ("auto", "dense", "thin")

@@ -9,9 +9,9 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .editor_file import check_fits
-from .hooks import HookFn, HookHandle, HookSite, add_hooks
-from .layers import site_modules
+from ..hf.hooks import HookFn, HookHandle, HookSite, add_hooks
+from ..hf.layers import site_modules
+from .file_format import check_fits
 
 
 class EditorBase:
@@ -46,7 +46,7 @@ class EditorBase:
         on: HookSite = "output",
     ) -> HookHandle:
         """Check the model, then hook the modules ``modules()`` locates (see
-        :func:`~spectral_edit.hooks.add_hooks` for ``on``)."""
+        :func:`~spectral_edit.hf.hooks.add_hooks` for ``on``)."""
         self.check_model(model)
         return add_hooks(modules(), fn, on=on)
 

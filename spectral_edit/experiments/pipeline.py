@@ -9,15 +9,15 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .demos import DemoActivations, Demonstration, capture_demos
-from .editor import SpectralEditor
-from .fit import fit_from_arrays
-from .layers import find_decoder_layers, parse_layers
+from ..demos.format import DemoActivations, Demonstration, capture_demos
+from ..editors.sea import SpectralEditor
+from ..editors.sea_fit import fit_from_arrays
+from ..hf.layers import find_decoder_layers, parse_layers
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
     """Model name and revision for an editor's metadata (best effort, never raises)."""
-    from .models import model_name_of, resolve_revision
+    from ..hf.models import model_name_of, resolve_revision
 
     try:
         return {"model": model_name_of(model), "model_revision": resolve_revision(model)}

@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import nn
 
-from .editor_file import EditorFileError, read_format
+from .file_format import EditorFileError, read_format
 
 
 def editor_classes() -> dict[str, Any]:
     """Format name → editor class, for every editor this library can save."""
     from .baselines import iti, leace, lora, mean_diff, pca_vector
-    from .editor import FORMAT_NAME, SpectralEditor
+    from .sea import FORMAT_NAME, SpectralEditor
 
     return {
         FORMAT_NAME: SpectralEditor,

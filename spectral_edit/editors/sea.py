@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .editor_base import EditorBase
-from .editor_file import EditorFileError, read_editor_file, write_editor_file
-from .features import FEATURE_NAMES, get_feature_map
-from .hooks import HookHandle
-from .layers import SITES
-from .spectral import MERGES, dense_projections, spectral_edit
+from ..core.features import FEATURE_NAMES, get_feature_map
+from ..core.spectral import MERGES, dense_projections, spectral_edit
+from ..hf.hooks import HookHandle
+from ..hf.layers import SITES
+from .base import EditorBase
+from .file_format import EditorFileError, read_editor_file, write_editor_file
 
 FORMAT_NAME = "spectral-edit/sea"
 FORMAT_VERSION = 1

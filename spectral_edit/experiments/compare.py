@@ -1,7 +1,7 @@
 """``sea compare``: every method on the same demonstrations and the same questions, tuned
 with the same budget under the 2-fold protocol, in one report.
 
-Protocol. Every setting of a method's grid (:mod:`spectral_edit.methods`) is scored on
+Protocol. Every setting of a method's grid (:mod:`spectral_edit.experiments.methods`) is scored on
 the TruthfulQA questions of fold 1 (the folds are cut to the same size by the caller);
 the setting with the best mean of MC1 and MC2 there is reported on fold 2, so no reported
 question was used to choose its own setting. With ``both_directions`` the reverse is run
@@ -28,16 +28,16 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ._atomic import atomic_path, atomic_write_text
-from .data.truthfulqa import QA_PRIMER, MCQuestion
-from .demos import DemoActivations, Demonstration
-from .evaluate.control import evaluate_control
-from .evaluate.metrics import tuning_criterion
-from .evaluate.truthfulqa import evaluate_truthfulqa, question_prompt
+from ..data.truthfulqa import QA_PRIMER, MCQuestion
+from ..demos.format import DemoActivations, Demonstration
+from ..evaluate.control import evaluate_control
+from ..evaluate.metrics import tuning_criterion
+from ..evaluate.truthfulqa import evaluate_truthfulqa, question_prompt
+from ..hf.tokens import encode, encode_pair
+from ..util.atomic import atomic_path, atomic_write_text
+from ..util.report import fmt, markdown_table, print_table, read_json, write_json
 from .jobs import StageStore, options_key
 from .methods import METHODS, FitContext, Intervention, MethodSpec, setting_id
-from .report import fmt, markdown_table, print_table, read_json, write_json
-from .tokens import encode, encode_pair
 
 DEFAULT_CONTROL_TASKS = (
     "arc_easy",

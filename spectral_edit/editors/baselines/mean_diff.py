@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ._common import LayerEditor, check_layers, check_vectors
+from .common import LayerEditor, check_layers, check_vectors
 
 FORMAT_NAME = "spectral-edit/mean-diff"
 FORMAT_VERSION = 1

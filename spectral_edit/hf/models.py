@@ -58,7 +58,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ._atomic import atomic_directory, atomic_write_text, sha256_file
+from ..util.atomic import atomic_directory, atomic_write_text, sha256_file
 
 __all__ = [
     "BUILTIN_MODELS",

@@ -15,11 +15,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .data.bbq import BBQItem
-from .data.halueval import HaluEvalQA
-from .data.truthfulqa import QA_PRIMER, TruthfulQARow
-from .demos import Demonstration
-from .evaluate.bbq import bbq_prompt
+from ..data.bbq import BBQItem
+from ..data.halueval import HaluEvalQA
+from ..data.truthfulqa import QA_PRIMER, TruthfulQARow
+from ..evaluate.bbq import bbq_prompt
+from .format import Demonstration
 
 PAPER_SEED = 44
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..util.progress import progress_bar
 from .hooks import HookSite, hooked
 from .layers import site_modules
-from .progress import progress_bar
 from .tokens import encode_pair, model_inputs, pad_batch, pad_id_of
 
 TOKEN_CHOICES = ("last", "mean")
@@ -101,7 +101,7 @@ def capture_modules(
 
     Args:
         modules: layer index → a module run inside that decoder layer (e.g. the attention
-            output projection from :func:`~spectral_edit.layers.attention_output_modules`);
+            output projection from :func:`~spectral_edit.hf.layers.attention_output_modules`);
             the forward pass stops after the deepest of these layers.
         on: ``"input"`` = the module's first positional input (a forward pre-hook);
             ``"output"`` = its output's hidden-state tensor.

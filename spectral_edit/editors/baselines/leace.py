@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from concept_erasure import LeaceFitter
 
-from ._common import LayerEditor, check_alpha, check_layers
+from .common import LayerEditor, check_alpha, check_layers
 
 FORMAT_NAME = "spectral-edit/leace"
 FORMAT_VERSION = 1

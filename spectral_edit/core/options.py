@@ -1,0 +1,205 @@
+"""Typed options: the choices every layer of the library shares, and the options of a SEA fit.
+
+Each choice is a :class:`~enum.StrEnum`, so a member equals its string (``Site.RESIDUAL ==
+"residual"``), is written to JSON as that string, and lists the valid values when parsing
+fails. The CLI uses the same enums as its choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Any, Self
+
+
+class Choice(StrEnum):
+    """Base of the option enums: :meth:`parse` with an error that lists the valid values."""
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The valid values, in declaration order."""
+        return tuple(member.value for member in cls)
+
+    @classmethod
+    def parse(cls, value: str, name: str | None = None) -> Self:
+        """``value`` as a member (members pass through).
+
+        Raises:
+            ValueError: ``"<name> must be one of (...), not 'value'"``.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            label = name or cls.__name__.lower()
+            raise ValueError(f"{label} must be one of {cls.values()}, not {value!r}") from None
+
+
+class Site(Choice):
+    """Where activations are read and edited: a decoder layer's output or its MLP's."""
+
+    RESIDUAL = "residual"
+    MLP = "mlp"
+
+
+class Merge(Choice):
+    """How ``P+h`` and ``P-h`` are merged: rescaled to ``‖h‖`` per token, or averaged."""
+
+    NORM = "norm"
+    MEAN = "mean"
+
+
+class Feature(Choice):
+    """The Φ-SEA feature map (``linear`` = plain SEA)."""
+
+    LINEAR = "linear"
+    TANH = "tanh"
+    ELU = "elu"
+    SQUARED_EXPONENTIAL = "squared-exponential"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Feature | None:
+        # case-insensitive, "_" read as "-" (so squared_exponential works on a command line)
+        if isinstance(value, str):
+            canonical = value.strip().lower().replace("_", "-")
+            for member in cls:
+                if member.value == canonical:
+                    return member
+        return None
+
+
+class Neutral(Choice):
+    """The neutral answer of a demonstration: the model's greedy answer, the prompt's last
+    token, or the ``neutral`` field of the file."""
+
+    GENERATE = "generate"
+    PROMPT = "prompt"
+    GIVEN = "given"
+
+
+class Token(Choice):
+    """Which activation of an answer is used: its last token or the mean over its tokens."""
+
+    LAST = "last"
+    MEAN = "mean"
+
+
+class SvdRoute(Choice):
+    """``dense``: SVD of the ``(d, d)`` cross-covariances; ``thin``: SVD of ``N``-dimensional
+    factors of the kept activations; ``auto``: thin while fewer than ``d`` demonstrations."""
+
+    AUTO = "auto"
+    DENSE = "dense"
+    THIN = "thin"
+
+
+def _check_ratio(name: str, value: float) -> float:
+    value = float(value)
+    if not (0.0 < value <= 1.0):  # also refuses NaN
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return value
+
+
+def _check_rank(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SeaOptions:
+    """Every option of a SEA (or Φ-SEA) fit from a model, in one frozen value.
+
+    Capture: ``layers`` (``"last-L"``, ``"all"``, ``"10,11"`` or indices), ``site``,
+    ``neutral``, ``token``, ``layer_path`` (module path of the decoder layers, when they
+    are not found automatically). Fit: energy ratios ``pos_ratio``/``neg_ratio`` in
+    ``(0, 1]`` unless ``pos_rank``/``neg_rank`` fix ``k±``; ``centered``; ``feature`` with
+    optional per-layer ``feature_scales`` (default: each layer's neutral RMS); ``svd``.
+    Edit: ``merge`` and strength ``alpha`` (0 = no edit).
+    """
+
+    layers: str | tuple[int, ...] = "last-8"
+    site: Site = Site.RESIDUAL
+    neutral: Neutral = Neutral.GENERATE
+    token: Token = Token.LAST
+    pos_ratio: float = 0.99
+    neg_ratio: float = 0.99
+    pos_rank: int | None = None
+    neg_rank: int | None = None
+    centered: bool = False
+    feature: Feature = Feature.LINEAR
+    feature_scales: tuple[float, ...] | None = None
+    merge: Merge = Merge.NORM
+    alpha: float = 1.0
+    svd: SvdRoute = SvdRoute.AUTO
+    layer_path: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.layers, str):
+            set_(self, "layers", tuple(int(i) for i in self.layers))
+        set_(self, "site", Site.parse(self.site, "site"))
+        set_(self, "neutral", Neutral.parse(self.neutral, "neutral"))
+        set_(self, "token", Token.parse(self.token, "token"))
+        set_(self, "feature", Feature.parse(self.feature, "feature"))
+        set_(self, "merge", Merge.parse(self.merge, "merge"))
+        set_(self, "svd", SvdRoute.parse(self.svd, "svd"))
+        set_(self, "pos_ratio", _check_ratio("pos_ratio", self.pos_ratio))
+        set_(self, "neg_ratio", _check_ratio("neg_ratio", self.neg_ratio))
+        set_(self, "pos_rank", _check_rank("pos_rank", self.pos_rank))
+        set_(self, "neg_rank", _check_rank("neg_rank", self.neg_rank))
+        alpha = float(self.alpha)
+        if not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
+        set_(self, "alpha", alpha)
+        if self.feature_scales is not None:
+            scales = tuple(float(s) for s in self.feature_scales)
+            if not all(math.isfinite(s) and s > 0 for s in scales):
+                raise ValueError(f"feature_scales must be finite and > 0, got {scales}")
+            set_(self, "feature_scales", scales)
+
+    def replace(self, **changes: Any) -> SeaOptions:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON-able values (enums as strings, tuples as lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SeaOptions:
+        """Inverse of :meth:`to_json` (unknown keys are refused)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SEA options {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        for key in ("layers", "feature_scales"):
+            if isinstance(values.get(key), Sequence) and not isinstance(values[key], str):
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~spectral_edit.editors.sea_fit.fit_from_arrays`
+        these options set (everything but the capture options)."""
+        return {
+            "pos_ratio": self.pos_ratio,
+            "neg_ratio": self.neg_ratio,
+            "pos_rank": self.pos_rank,
+            "neg_rank": self.neg_rank,
+            "centered": self.centered,
+            "feature": self.feature,
+            "feature_scales": self.feature_scales,
+            "merge": self.merge,
+            "alpha": self.alpha,
+            "svd": self.svd,
+            "site": self.site,
+            "layer_path": self.layer_path,
+        }
