@@ -29,10 +29,11 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from spectral_edit.data import load_bbq_dir, load_mc_task, resolve
+from spectral_edit.data.splits import split_bbq_items
 from spectral_edit.demos.builders import bbq_demos
 from spectral_edit.demos.format import DemoActivations, capture_demos
 from spectral_edit.editors.sea_fit import default_feature_scales
-from spectral_edit.evaluate.bbq import evaluate_bbq, split_bbq_items
+from spectral_edit.evaluate.bbq import evaluate_bbq
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
 from spectral_edit.experiments.pipeline import fit_from_activations
 from spectral_edit.hf.layers import find_decoder_layers

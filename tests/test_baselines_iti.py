@@ -22,7 +22,7 @@ from spectral_edit.hf.layers import (
     attention_output_module,
     attention_output_modules,
     find_decoder_layers,
-    linear_in_features,
+    linear_dims,
 )
 from spectral_edit.hf.tokens import encode_pair
 
@@ -94,7 +94,7 @@ def test_locator_finds_projection_and_capture_reads_its_input(tiny_model, tiny_a
     assert list(modules) == list(range(len(blocks)))
     for index, module in modules.items():
         assert module is blocks[index].get_submodule(path)
-        assert linear_in_features(module) == heads * head_dim
+        assert linear_dims(module)[0] == heads * head_dim
     contexts = ["the cat", "a question is the answer to a long one", "Q"]
     answers = [" yes", " no", " true"]
     captured = capture_modules(
@@ -140,7 +140,7 @@ def test_locator_override_and_errors():
 def test_head_shape_reads_head_dim_and_checks_projection_width():
     wide = _gemma3_wide_heads()
     assert attention_head_shape(wide) == (4, 16)
-    assert linear_in_features(attention_output_modules(wide, [0])[0]) == 64
+    assert linear_dims(attention_output_modules(wide, [0])[0])[0] == 64
     assert attention_head_shape(make_tiny_model("gpt2")) == (4, 8)
     assert set(head_projections(wide, [0, 2], 4, 16)) == {0, 2}
     with pytest.raises(ValueError, match=r"takes 64 inputs, not num_heads \* head_dim"):

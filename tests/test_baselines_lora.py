@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from spectral_edit import EditorFileError
-from spectral_edit.demos.format import Demonstration, answer_text
+from spectral_edit.demos.format import Demonstration
+from spectral_edit.demos.prompts import answer_text
 from spectral_edit.editors.baselines import LoRAEditor
 from spectral_edit.editors.baselines.lora import (
     IGNORE_INDEX,

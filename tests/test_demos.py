@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spectral_edit.data import load_bbq, load_halueval_qa, load_truthfulqa_csv
-from spectral_edit.demos.builders import bbq_demos, halueval_demos, qa_prompt, truthfulqa_demos
+from spectral_edit.demos.builders import bbq_demos, halueval_demos, truthfulqa_demos
 from spectral_edit.demos.format import (
     DemoFormatError,
     Demonstration,
@@ -15,6 +15,7 @@ from spectral_edit.demos.format import (
     read_demos,
     write_demos,
 )
+from spectral_edit.demos.prompts import qa_prompt
 from spectral_edit.experiments.jobs import shipped_demos_path
 from spectral_edit.hf.generation import generate_greedy, truncate_at_stops
 

@@ -13,12 +13,8 @@ import spectral_edit.evaluate.bbq as bbq_eval
 import spectral_edit.evaluate.crows_pairs as crows_eval
 from spectral_edit.data.bbq import BBQItem, biased_index, load_bbq_dir, unknown_index
 from spectral_edit.data.crows_pairs import CrowsPair, load_crows_pairs
-from spectral_edit.evaluate.bbq import (
-    bbq_group_key,
-    evaluate_bbq,
-    exclude_demo_groups,
-    split_bbq_items,
-)
+from spectral_edit.data.splits import bbq_group_key, exclude_demo_groups, split_bbq_items
+from spectral_edit.evaluate.bbq import evaluate_bbq
 from spectral_edit.evaluate.crows_pairs import evaluate_crows_pairs
 from spectral_edit.evaluate.metrics import BBQPrediction, bbq_metrics
 from spectral_edit.evaluate.scorer import ChoiceRequest, ContinuationScore, score_requests

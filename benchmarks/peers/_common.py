@@ -33,7 +33,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from spectral_edit.data import load_fold, load_mc_task, resolve
 from spectral_edit.data.truthfulqa import MCQuestion, split_mc_by_fold
-from spectral_edit.demos.format import answer_text, read_demos
+from spectral_edit.demos.format import read_demos
+from spectral_edit.demos.prompts import answer_text
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
 from spectral_edit.hf.layers import find_decoder_layers, parse_layers
 from spectral_edit.util.atomic import atomic_write_text

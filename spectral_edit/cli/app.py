@@ -383,13 +383,11 @@ def eval_truthfulqa(
 
 def _bbq_split(data_dir: Path | None, n: int, seed: int):
     """The deterministic BBQ split shared by ``sea demos bbq`` and ``sea eval bbq``."""
-    from ..data import DataFileMissing, DataFormatError, load_bbq_dir, resolve
-    from ..evaluate.bbq import split_bbq_items
+    from ..data import DataFileMissing, DataFormatError
+    from ..data.splits import bbq_split
 
     try:
-        folder = resolve("bbq/official/Age.jsonl", data_dir).parent
-        items = load_bbq_dir(folder)
-        return split_bbq_items(items, n, seed=seed, max_per_group=20)
+        return bbq_split(n, seed, data_dir)
     except (DataFileMissing, DataFormatError, ValueError) as error:
         raise _data_error(error) from None
 

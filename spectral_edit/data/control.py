@@ -44,6 +44,7 @@ from .locate import resolve
 
 __all__ = [
     "CONTROL_TASKS",
+    "DEFAULT_CONTROL_TASKS",
     "ChoiceItem",
     "GSM8KItem",
     "join_continuation",
@@ -255,6 +256,19 @@ CONTROL_TASKS: dict[str, tuple[str, _Loader]] = {
     "gsm8k": ("control/gsm8k_test.jsonl", load_gsm8k),
 }
 """Task name -> (relative path in the data dir, loader taking that path)."""
+
+DEFAULT_CONTROL_TASKS: tuple[str, ...] = (
+    "arc_easy",
+    "arc_challenge",
+    "piqa",
+    "openbook_qa",
+    "commonsense_qa",
+    "winogrande",
+    "boolq",
+    "mmlu",
+)
+"""The control tasks run by default (``sea eval control``, ``sea compare``): every
+multiple-choice task; GSM8K (scored by generation, slow) only when asked for."""
 
 
 def load_control_task(

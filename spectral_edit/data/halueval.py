@@ -13,8 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import iter_json_lines, require_str
+from .locate import resolve
 
-__all__ = ["HaluEvalQA", "load_halueval_qa"]
+__all__ = ["HALUEVAL_SOURCES", "HaluEvalQA", "load_halueval_qa", "load_halueval_source"]
+
+HALUEVAL_SOURCES: dict[str, tuple[str, ...]] = {
+    "one-turn": ("qa_one-turn_data.json",),
+    "multi-turn": ("qa_multi-turn_data.json",),
+    "both": ("qa_one-turn_data.json", "qa_multi-turn_data.json"),
+    "full": ("qa_data.json",),
+}
+"""``sea demos halueval --source`` → the HaluEval files read, in order: the 500-item
+one-turn and multi-turn files (same questions, other hallucinations), both, or the full
+10,000-item ``qa_data.json``."""
 
 
 @dataclass(frozen=True)
@@ -43,4 +54,24 @@ def load_halueval_qa(path: str | os.PathLike[str]) -> list[HaluEvalQA]:
             hallucinated_answer=require_str(obj, "hallucinated_answer", p, line),
         )
         for line, obj in iter_json_lines(p)
+    ]
+
+
+def load_halueval_source(
+    source: str = "one-turn", data_dir: str | os.PathLike[str] | None = None
+) -> list[HaluEvalQA]:
+    """The items of the files of :data:`HALUEVAL_SOURCES` ``[source]``, in file order.
+
+    Raises:
+        ValueError: an unknown ``source`` (the message lists the known ones).
+        DataFileMissing, DataFormatError: as :func:`load_halueval_qa` and ``resolve``.
+    """
+    if source not in HALUEVAL_SOURCES:
+        raise ValueError(
+            f"--source must be one of {', '.join(HALUEVAL_SOURCES)}, not {source!r}"
+        )
+    return [
+        item
+        for name in HALUEVAL_SOURCES[source]
+        for item in load_halueval_qa(resolve(f"halueval/{name}", data_dir))
     ]

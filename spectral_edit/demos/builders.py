@@ -17,16 +17,11 @@ from collections.abc import Sequence
 
 from ..data.bbq import BBQItem
 from ..data.halueval import HaluEvalQA
-from ..data.truthfulqa import QA_PRIMER, TruthfulQARow
-from ..evaluate.bbq import bbq_prompt
+from ..data.truthfulqa import TruthfulQARow
 from .format import Demonstration
+from .prompts import bbq_prompt, qa_prompt
 
 PAPER_SEED = 44
-
-
-def qa_prompt(question: str) -> str:
-    """The TruthfulQA-style prompt for a question: primer, blank line, ``Q: ...\\nA:``."""
-    return f"{QA_PRIMER}\n\nQ: {question.strip()}\nA:"
 
 
 def _seeded_order(n: int, limit: int | None, rng: random.Random) -> list[int]:

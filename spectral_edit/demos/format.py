@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from ..hf.capture import capture
 from ..hf.generation import generate_greedy
 from ..util.atomic import atomic_write_text
+from .prompts import answer_text
 
 NEUTRAL_CHOICES = ("generate", "prompt", "given")
 """``generate``: the model's own greedy answer (paper); ``prompt``: the last prompt token;
@@ -82,11 +83,6 @@ def write_demos(path: str | Path, demos: Iterable[Demonstration]) -> Path:
         lines.append(json.dumps(record, ensure_ascii=False))
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
     return Path(path)
-
-
-def answer_text(answer: str) -> str:
-    """The continuation appended to a prompt: one space, then the stripped answer."""
-    return " " + answer.strip()
 
 
 def neutral_answers(

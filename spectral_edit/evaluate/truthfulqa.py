@@ -16,14 +16,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.truthfulqa import QA_PRIMER, MCQuestion
+from ..demos.prompts import qa_prompt
 from .metrics import mc_scores, mean_mc
 from .readout import FINAL, Readout
 from .scorer import ChoiceRequest, score_requests
-
-
-def question_prompt(question: str) -> str:
-    """The full prompt for one question (primer included)."""
-    return f"{QA_PRIMER}\n\nQ: {question}\nA:"
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,7 @@ def evaluate_truthfulqa(
     for q in questions:
         answers = tuple(dict.fromkeys((*q.mc1_answers, *q.mc2_answers)))
         answer_lists.append(answers)
-        requests.append(ChoiceRequest(question_prompt(q.question), tuple(" " + a for a in answers)))
+        requests.append(ChoiceRequest(qa_prompt(q.question), tuple(" " + a for a in answers)))
     scored = score_requests(
         model,
         tokenizer,

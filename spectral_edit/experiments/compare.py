@@ -28,27 +28,18 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..data.control import DEFAULT_CONTROL_TASKS
 from ..data.truthfulqa import QA_PRIMER, MCQuestion
 from ..demos.format import DemoActivations, Demonstration
+from ..demos.prompts import qa_prompt
 from ..evaluate.control import evaluate_control
 from ..evaluate.metrics import tuning_criterion
-from ..evaluate.truthfulqa import evaluate_truthfulqa, question_prompt
+from ..evaluate.truthfulqa import evaluate_truthfulqa
 from ..hf.tokens import encode, encode_pair
 from ..util.atomic import atomic_path, atomic_write_text
 from ..util.report import fmt, markdown_table, print_table, read_json, write_json
 from .jobs import StageStore, options_key
 from .methods import METHODS, FitContext, Intervention, MethodSpec, setting_id
-
-DEFAULT_CONTROL_TASKS = (
-    "arc_easy",
-    "arc_challenge",
-    "piqa",
-    "openbook_qa",
-    "commonsense_qa",
-    "winogrande",
-    "boolq",
-    "mmlu",
-)
 
 
 @dataclass(frozen=True)
@@ -121,7 +112,7 @@ def tokens_processed(tokenizer: PreTrainedTokenizerBase, questions: Sequence[MCQ
     primer = len(encode(tokenizer, QA_PRIMER))
     total = 0
     for q in questions:
-        prompt = question_prompt(q.question)
+        prompt = qa_prompt(q.question)
         answers = dict.fromkeys((*q.mc1_answers, *q.mc2_answers))
         context, _ = encode_pair(tokenizer, prompt, " x")
         total += max(len(context) - primer, 0)

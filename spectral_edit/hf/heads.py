@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import find_decoder_layers
+from .layers import find_decoder_layers, text_config
 
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
 
@@ -38,9 +38,7 @@ def lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     them (including Gemma-style final soft-capping and Cohere/Granite logit scaling)."""
     _, head = decoder_and_head(model)
     logits = head(hidden.to(head.weight.device)).float()
-    config = (
-        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    )
+    config = text_config(model.config)
     scale = getattr(config, "logit_scale", None)
     if isinstance(scale, (int, float)) and scale != 1:
         logits = logits * scale

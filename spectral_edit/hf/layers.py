@@ -9,6 +9,7 @@ architecture name, and let the user override it with a dotted module path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -26,13 +27,18 @@ class LayerNotFoundError(LookupError):
     """The decoder layers (or a site inside them) could not be located."""
 
 
+def text_config(config: Any) -> Any:
+    """The text model's config: ``config.get_text_config()`` where the config has it
+    (multimodal configs nest the language model's), else ``config`` itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def num_layers_of(model: nn.Module) -> int | None:
     """The config's decoder layer count, or None when the model has no such config."""
     config = getattr(model, "config", None)
     if config is None:
         return None
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
+    config = text_config(config)
     for name in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -42,9 +48,7 @@ def num_layers_of(model: nn.Module) -> int | None:
 
 def hidden_size_of(model: nn.Module) -> int:
     """The residual-stream width ``d`` of a causal LM."""
-    config = model.config
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
+    config = text_config(model.config)
     for name in ("hidden_size", "n_embd", "d_model"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -133,13 +137,14 @@ def _blocks(
     return out
 
 
-def linear_in_features(module: nn.Module) -> int | None:
-    """The input width of a linear layer (``nn.Linear`` and its subclasses, or GPT-2's
-    ``Conv1D`` whose weight is ``(in, out)``); ``None`` for any other module."""
+def linear_dims(module: nn.Module) -> tuple[int, int] | None:
+    """``(in_features, out_features)`` of a linear layer (``nn.Linear`` and its subclasses,
+    or GPT-2's ``Conv1D`` whose weight is stored transposed, ``(in, out)``); ``None`` for
+    any other module."""
     if isinstance(module, nn.Linear):
-        return int(module.in_features)
+        return int(module.in_features), int(module.out_features)
     if isinstance(module, Conv1D):
-        return int(module.weight.shape[0])
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
     return None
 
 
@@ -151,9 +156,7 @@ def attention_head_shape(model: nn.Module) -> tuple[int, int]:
     The concatenated head outputs entering the attention output projection are
     ``num_heads * head_dim`` wide, head ``h`` being ``[h * head_dim, (h + 1) * head_dim)``.
     """
-    config = model.config
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
+    config = text_config(model.config)
     heads = next(
         (
             value
@@ -194,7 +197,7 @@ def attention_output_module(layer: nn.Module, attn_path: str | None = None) -> n
             raise LayerNotFoundError(
                 f"attention path {attn_path!r} does not exist in {type(layer).__name__}"
             ) from error
-        if linear_in_features(module) is None:
+        if linear_dims(module) is None:
             raise LayerNotFoundError(
                 f"attention path {attn_path!r} is a {type(module).__name__}, not a linear layer"
             )
@@ -202,7 +205,7 @@ def attention_output_module(layer: nn.Module, attn_path: str | None = None) -> n
     for attention in _attention_children(layer):
         for name in _ATTENTION_OUTPUT_NAMES:
             projection = getattr(attention, name, None)
-            if isinstance(projection, nn.Module) and linear_in_features(projection) is not None:
+            if isinstance(projection, nn.Module) and linear_dims(projection) is not None:
                 return projection
     raise LayerNotFoundError(
         f"no attention output projection found in {type(layer).__name__} (tried the "

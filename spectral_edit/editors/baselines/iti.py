@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ...demos.format import Demonstration, answer_text
+from ...demos.format import Demonstration
+from ...demos.prompts import answer_text
 from ...hf.capture import capture_modules
 from ...hf.hooks import HookHandle
 from ...hf.layers import (
@@ -38,7 +39,7 @@ from ...hf.layers import (
     attention_output_modules,
     find_decoder_layers,
     hidden_size_of,
-    linear_in_features,
+    linear_dims,
     parse_layers,
 )
 from ..base import EditorBase
@@ -323,7 +324,8 @@ def head_projections(
     modules = attention_output_modules(model, layers, layer_path, attn_path)
     width = num_heads * head_dim
     for layer, module in modules.items():
-        found = linear_in_features(module)
+        dims = linear_dims(module)
+        found = None if dims is None else dims[0]
         if found != width:
             raise ValueError(
                 f"layer {layer}: the attention output projection ({type(module).__name__}) "

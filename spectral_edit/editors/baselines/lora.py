@@ -33,10 +33,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from ...demos.format import Demonstration, answer_text
+from ...demos.format import Demonstration
+from ...demos.prompts import answer_text
 from ...hf.heads import decoder_and_head, lm_head_logits
 from ...hf.hooks import HookHandle
-from ...hf.layers import find_decoder_layers, hidden_size_of, parse_layers
+from ...hf.layers import find_decoder_layers, hidden_size_of, linear_dims, parse_layers
 from ...hf.tokens import encode_pair, input_device, model_inputs, pad_batch, pad_id_of
 from ...util.progress import progress_bar
 from ..base import EditorBase
@@ -71,18 +72,8 @@ group whose names all occur in the first decoder layer is the default."""
 # --- target modules ---------------------------------------------------------------------
 
 
-def linear_dims(module: nn.Module) -> tuple[int, int]:
-    """``(in_features, out_features)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (whose
-    weight is stored transposed, ``(in, out)``); ``TypeError`` for anything else."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if isinstance(module, Conv1D):
-        return int(module.weight.shape[0]), int(module.weight.shape[1])
-    raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or Conv1D)")
-
-
 def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, Conv1D))
+    return linear_dims(module) is not None
 
 
 def _matches(name: str, target: str) -> bool:
@@ -485,12 +476,18 @@ class LoRAEditor(EditorBase):
         for name, a, b in zip(self.modules, self.lora_A, self.lora_B, strict=True):
             try:
                 module = model.get_submodule(name)
-                dims = linear_dims(module)
-            except (AttributeError, TypeError) as error:
+            except AttributeError as error:
                 raise EditorFileError(
                     f"LoRA editor adapts {name!r}, which is not a linear layer of "
                     f"{type(model).__name__} ({error})"
                 ) from error
+            dims = linear_dims(module)
+            if dims is None:
+                raise EditorFileError(
+                    f"LoRA editor adapts {name!r}, which is not a linear layer of "
+                    f"{type(model).__name__} ({type(module).__name__} is not a linear layer "
+                    "(nn.Linear or Conv1D))"
+                )
             if dims != (a.shape[1], b.shape[0]):
                 raise EditorFileError(
                     f"LoRA factors of {name!r} are for (in, out) = "
