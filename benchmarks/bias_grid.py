@@ -28,6 +28,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
+from spectral_edit.core.options import SeaOptions
 from spectral_edit.data import load_bbq_dir, load_mc_task, resolve
 from spectral_edit.data.splits import split_bbq_items
 from spectral_edit.demos.builders import bbq_demos
@@ -243,13 +244,15 @@ def main() -> None:
         editor = fit_from_activations(
             sub,
             n_layers,
-            pos_ratio=args.ratio,
-            neg_ratio=args.ratio,
-            centered=options["centered"],
-            feature=options["feature"],
-            feature_scales=None
-            if options["feature"] == "linear"
-            else [args.scale_factor * x for x in default_feature_scales(sub.neutral)],
+            SeaOptions(
+                pos_ratio=args.ratio,
+                neg_ratio=args.ratio,
+                centered=options["centered"],
+                feature=options["feature"],
+                feature_scales=None
+                if options["feature"] == "linear"
+                else [args.scale_factor * x for x in default_feature_scales(sub.neutral)],
+            ),
         )
         if name in done:  # BBQ is in an earlier row: TruthfulQA only
             t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from spectral_edit import SpectralEditor, read_demos
 from spectral_edit.cli.app import app
+from spectral_edit.core.options import SeaOptions
 from spectral_edit.data import load_crows_pairs
 from spectral_edit.evaluate.scorer import ChoiceRequest, score_requests
 from spectral_edit.experiments.jobs import shipped_demos_path
@@ -27,11 +28,9 @@ def shipped_editor(real_model):
         model,
         tokenizer,
         demos,
-        layers="last-8",
-        neutral="generate",
-        centered=True,
-        pos_ratio=0.99,
-        neg_ratio=0.99,
+        SeaOptions(
+            layers="last-8", neutral="generate", centered=True, pos_ratio=0.99, neg_ratio=0.99
+        ),
     )
 
 

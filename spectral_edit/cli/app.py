@@ -112,6 +112,7 @@ def fit(
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Fit a SEA editor on a demonstrations file."""
+    from ..core.options import SeaOptions
     from ..demos.format import DemoFormatError, read_demos
     from ..experiments.pipeline import fit_editor
     from ..util.report import RANK_HEADERS, print_table, ranks_rows
@@ -130,17 +131,12 @@ def fit(
             raise _fail(f"--feature-scales: every scale must be > 0, got {feature_scales!r}")
     lm, tokenizer = _load(model, dtype, device_map)
     try:
-        editor = fit_editor(
-            lm,
-            tokenizer,
-            records,
+        options = SeaOptions(
             layers=layers,
             neutral=neutral,
             token=token,
             site=site,
-            batch_size=batch_size,
             layer_path=layer_path,
-            progress=True,
             pos_ratio=pos_ratio,
             neg_ratio=neg_ratio,
             pos_rank=pos_rank,
@@ -150,6 +146,14 @@ def fit(
             feature_scales=scales,
             merge=merge,
             alpha=alpha,
+        )
+        editor = fit_editor(
+            lm,
+            tokenizer,
+            records,
+            options,
+            batch_size=batch_size,
+            progress=True,
             metadata={"demonstrations_file": str(demos)},
         )
     except (ValueError, LookupError) as error:

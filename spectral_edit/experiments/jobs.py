@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..core.options import SeaOptions
 from ..data.errors import DataFileMissing
 from ..data.halueval import load_halueval_qa
 from ..data.locate import resolve
@@ -159,12 +160,14 @@ def truthfulness_demo(
             model,
             tokenizer,
             demos,
-            layers=layers,
-            neutral=neutral,
-            pos_ratio=pos_ratio,
-            neg_ratio=neg_ratio,
-            centered=centered,
-            feature=feature,
+            SeaOptions(
+                layers=layers,
+                neutral=neutral,
+                pos_ratio=pos_ratio,
+                neg_ratio=neg_ratio,
+                centered=centered,
+                feature=feature,
+            ),
             batch_size=batch_size,
             progress=True,
             metadata={"demonstrations": demo_source},

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..core.options import SeaOptions
 from ..demos.format import DemoActivations, Demonstration, capture_demos
 from ..editors.sea import SpectralEditor
 from ..editors.sea_fit import fit_from_arrays
 from ..hf.layers import find_decoder_layers, parse_layers
+
+DEFAULT_OPTIONS = SeaOptions()
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
@@ -28,42 +31,23 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
 def fit_from_activations(
     activations: DemoActivations,
     num_layers: int,
+    options: SeaOptions = DEFAULT_OPTIONS,
     *,
-    pos_ratio: float = 0.99,
-    neg_ratio: float = 0.99,
-    pos_rank: int | None = None,
-    neg_rank: int | None = None,
-    centered: bool = False,
-    feature: str = "linear",
-    feature_scales: Sequence[float] | None = None,
-    site: str = "residual",
-    merge: str = "norm",
-    alpha: float = 1.0,
-    layer_path: str | None = None,
-    metadata: dict[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> SpectralEditor:
     """Fit an editor on captured demonstration activations (cheap: no model pass).
 
-    ``feature_scales``: Φ-SEA scales, one per captured layer (default: the neutral
-    activations' RMS per layer)."""
+    The capture options of ``options`` (layers, neutral, token) are not used here: the
+    activations already hold them. ``options.feature_scales``: Φ-SEA scales, one per
+    captured layer (default: the neutral activations' RMS per layer)."""
     return fit_from_arrays(
         activations.neutral,
         activations.positive,
         activations.negative,
         layers=activations.layers,
         num_layers=num_layers,
-        pos_ratio=pos_ratio,
-        neg_ratio=neg_ratio,
-        pos_rank=pos_rank,
-        neg_rank=neg_rank,
-        centered=centered,
-        feature=feature,
-        feature_scales=feature_scales,
-        site=site,
-        merge=merge,
-        alpha=alpha,
-        layer_path=layer_path,
-        metadata=metadata,
+        metadata=dict(metadata or {}),
+        **options.fit_kwargs(),
     )
 
 
@@ -71,51 +55,38 @@ def fit_editor(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     demos: Sequence[Demonstration],
+    options: SeaOptions = DEFAULT_OPTIONS,
     *,
-    layers: str | Sequence[int] | None = "last-8",
-    neutral: str = "generate",
-    token: str = "last",
-    site: str = "residual",
     batch_size: int = 8,
-    layer_path: str | None = None,
     progress: bool = False,
-    **fit_options: Any,
+    metadata: Mapping[str, Any] | None = None,
 ) -> SpectralEditor:
-    """Capture the demonstrations' activations and fit an editor on them.
+    """Capture the demonstrations' activations at ``options.layers`` and fit an editor.
 
-    ``layers``: ``"last-L"``, ``"all"``, or explicit indices. ``neutral``: ``generate``
-    (the model's greedy answer), ``prompt`` or ``given``. ``fit_options``: ratios or
-    ranks, ``centered``, ``feature``, ``feature_scales``, ``merge``, ``alpha``.
+    ``metadata`` is added to the editor's (after the model's name and revision, the
+    neutral and token options and the capture time).
     """
-    num_layers = len(find_decoder_layers(model, layer_path))
-    chosen = parse_layers(layers, num_layers)
+    num_layers = len(find_decoder_layers(model, options.layer_path))
+    chosen = parse_layers(options.layers, num_layers)
     started = time.perf_counter()
     activations = capture_demos(
         model,
         tokenizer,
         demos,
         layers=chosen,
-        neutral=neutral,
-        site=site,
-        token=token,
+        neutral=options.neutral,
+        site=options.site,
+        token=options.token,
         batch_size=batch_size,
-        layer_path=layer_path,
+        layer_path=options.layer_path,
         progress=progress,
     )
     captured = time.perf_counter()
-    metadata = {
+    info = {
         **model_metadata(model),
-        "neutral": neutral,
-        "token": token,
+        "neutral": str(options.neutral),
+        "token": str(options.token),
         "capture_seconds": round(captured - started, 3),
-        **fit_options.pop("metadata", {}),
+        **dict(metadata or {}),
     }
-    editor = fit_from_activations(
-        activations,
-        num_layers,
-        site=site,
-        layer_path=layer_path,
-        metadata=metadata,
-        **fit_options,
-    )
-    return editor
+    return fit_from_activations(activations, num_layers, options, metadata=info)
