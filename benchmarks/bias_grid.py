@@ -7,40 +7,40 @@ prefixes of the N = 1000 draw, and all N are evaluated on the same held-out item
 stratified sample of up to ``--per-cell`` items per category × context condition).
 For each N, feature map (linear, tanh, elu, squared-exponential) and centring, an editor
 is fitted on the last ``--last`` layers and evaluated; rows are appended to
-``bias.jsonl`` as they finish (a rerun skips finished rows).
+``bias.jsonl`` as they finish (rows of the project's one store,
+:mod:`spectral_edit.experiments.store`; a rerun skips finished rows).
 
 ``--split-n`` fixes the demonstration draw and the held-out items independently of
 ``--n``, so that a later run of only some N (``--n 25,100``) evaluates the same items as
 the full run; ``--shard i/k`` splits the settings between k processes sharing ``--out``
-(the activations are captured once, under a file lock).
+(the activations are captured once, under a file lock, and reused by any run of the same
+split that needs no more demonstrations than they hold).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from filelock import FileLock
-from safetensors.torch import load_file, save_file
 
 from spectral_edit.core.options import SeaOptions
-from spectral_edit.data import load_bbq_dir, load_mc_task, resolve
-from spectral_edit.data.splits import split_bbq_items
+from spectral_edit.data.splits import bbq_split, truthfulqa_questions
+from spectral_edit.demos.activations import DemoActivations, capture_demos
 from spectral_edit.demos.builders import bbq_demos
-from spectral_edit.demos.format import DemoActivations, capture_demos
 from spectral_edit.editors.sea_fit import default_feature_scales
 from spectral_edit.evaluate.bbq import evaluate_bbq
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
 from spectral_edit.experiments.pipeline import fit_from_activations
+from spectral_edit.experiments.store import Store
 from spectral_edit.hf.layers import find_decoder_layers
 from spectral_edit.hf.models import load_model
-from spectral_edit.util.atomic import atomic_path
 
+ROWS = "bias"
+"""The rows in the output folder's store: ``bias.jsonl``."""
 FEATURES = ("linear", "tanh", "elu", "squared-exponential")
 
 
@@ -98,18 +98,12 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     shard, shards = (int(x) for x in args.shard.split("/"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bias.jsonl"
-    lock = FileLock(str(args.out / "bias.lock"))
+    store = Store(args.out)
 
     def finished() -> dict[str, bool]:
         """Setting name → whether it has its TruthfulQA scores (in any of its rows)."""
-        with lock:
-            rows = (
-                [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
-            )
         done: dict[str, bool] = {}
-        for row in rows:
+        for row in store.rows(ROWS, locked=True):
             done[row["name"]] = done.get(row["name"], False) or row.get("truthfulqa") is not None
         return done
 
@@ -131,14 +125,12 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     model.to(device)
     n_layers = len(find_decoder_layers(model))
-    items = load_bbq_dir(Path(resolve("bbq/official/Age.jsonl", args.data_dir)).parent)
-    demo_items, held_out = split_bbq_items(items, split_n, seed=0, max_per_group=20)
+    demo_items, held_out = bbq_split(split_n, 0, args.data_dir)  # (N, seed): see the key below
     eval_items = _stratified(held_out, args.per_cell, seed=0)
     demos = bbq_demos(demo_items)[: max(ns)]
-    questions = load_mc_task(resolve("truthfulqa/mc_task_v0.json", args.data_dir))
-    questions = questions[: args.tqa_limit] if args.tqa_limit else questions
+    questions = truthfulqa_questions("mc_task_v0.json", args.data_dir, limit=args.tqa_limit or None)
     print(
-        f"{len(items)} BBQ items; {len(demo_items)} demonstrations reserved, {len(demos)} used; "
+        f"BBQ: {len(demo_items)} demonstrations reserved, {len(demos)} used; "
         f"{len(held_out)} held out; {len(eval_items)} evaluated",
         flush=True,
     )
@@ -155,8 +147,7 @@ def main() -> None:
         }
         if editor is not None:
             row["ranks"] = {str(k): list(v) for k, v in editor.ranks.items()}
-        with lock, path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        store.append(ROWS, row)
         overall = bbq.summary["overall"]
         print(
             f"[{time.perf_counter() - start:5.0f}s] {name}: "
@@ -216,11 +207,14 @@ def main() -> None:
     if not todo:
         return
     layers = list(range(n_layers - args.last, n_layers))
-    acts_path = args.out / f"activations-split{split_n}-last{args.last}.safetensors"
+    # the demonstrations are prefixes of the split's draw: a file holding at least as many
+    # of them (captured for a larger --n) serves
+    name = f"activations-split{split_n}-last{args.last}"
+    key = {"model": args.model, "split": [split_n, 0], "layers": layers, "neutral": "generate"}
     t0 = time.perf_counter()
-    with FileLock(str(acts_path) + ".lock"):  # one process captures; the others wait and load
-        saved = load_file(str(acts_path)) if acts_path.exists() else None
-        if saved is None or len(saved["neutral"]) < len(demos):
+    with store.lock(name):  # one process captures; the others wait and load
+        found = store.get_tensors(name, key)
+        if found is None or len(found[0]["neutral"]) < len(demos):
             acts = capture_demos(
                 model,
                 tokenizer,
@@ -231,8 +225,9 @@ def main() -> None:
                 progress=True,
             )
             saved = {"neutral": acts.neutral, "positive": acts.positive, "negative": acts.negative}
-            with atomic_path(acts_path) as tmp:
-                save_file(saved, str(tmp))
+            store.put_tensors(name, key, saved)
+        else:
+            saved = found[0]
     acts = DemoActivations(saved["neutral"], saved["positive"], saved["negative"], tuple(layers))
     print(f"activations: {time.perf_counter() - t0:.1f}s", flush=True)
     for name, options in todo:
@@ -266,8 +261,7 @@ def main() -> None:
                 "seconds": time.perf_counter() - t0,
                 "device": device,
             }
-            with lock, path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            store.append(ROWS, row)
             print(
                 f"[{time.perf_counter() - start:5.0f}s] {name}: TQA MC1 {tqa.summary['mc1']:.1f} "
                 f"MC2 {tqa.summary['mc2']:.1f} ({row['seconds']:.0f}s)",

@@ -17,7 +17,8 @@ left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 python3 - "$MODEL_GGUF" > /tmp/model_dir.txt <<'PY'
 import sys, time
-from spectral_edit.hf.models import converted_model_dir, load_model
+from spectral_edit.hf.gguf_cache import converted_model_dir
+from spectral_edit.hf.models import load_model
 t = time.perf_counter(); load_model(sys.argv[1]); print(f"convert+load {time.perf_counter()-t:.1f}s", file=sys.stderr)
 print(converted_model_dir(sys.argv[1]))
 PY

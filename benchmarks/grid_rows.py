@@ -5,6 +5,10 @@ A row is one setting evaluated on a set of questions: ``name``, ``options``, opt
 the format of the first grids) and per-question ``mc1``/``mc2``/``mc3`` aligned with it.
 One setting may have several rows (fold 1 first, fold 2 later); :func:`merge_rows` joins
 them into one score table per setting.
+The rows are kept in the project's one store
+(:class:`spectral_edit.experiments.store.Store`, rows ``grid``); the setting chosen per
+fold follows the experiments' fold protocol (:func:`spectral_edit.experiments.folds.
+best_on_fold`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spectral_edit.data import load_fold, load_mc_task, resolve
-from spectral_edit.data.truthfulqa import normalize_question
-from spectral_edit.evaluate.metrics import tuning_criterion
+from spectral_edit.data import load_fold, normalize_question
+from spectral_edit.data.splits import truthfulqa_questions
+from spectral_edit.experiments.folds import best_on_fold
+from spectral_edit.experiments.store import Store
 
 METRICS = ("mc1", "mc2", "mc3")
+ROWS = "grid"
+"""The grid's rows in its folder's store: ``grid.jsonl``."""
 
 
 @dataclass
@@ -37,10 +44,10 @@ class Setting:
         return 100.0 * sum(self.scores[i][metric] for i in index) / len(index)
 
 
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def grid_settings(grid_dir: Path, *, locked: bool = False) -> dict[str, Setting]:
+    """Every setting of the grid in ``grid_dir`` (:func:`merge_rows` of its rows);
+    ``locked``: read under the store's lock (while shards are appending)."""
+    return merge_rows(Store(grid_dir).rows(ROWS, locked=locked))
 
 
 def merge_rows(rows: list[dict]) -> dict[str, Setting]:
@@ -63,7 +70,7 @@ def grid_questions(grid_dir: Path, data_dir: str) -> list[str]:
     path = grid_dir / "questions.json"
     if path.exists():
         return json.loads(path.read_text())
-    return [q.question for q in load_mc_task(resolve("truthfulqa/mc_task_v0.json", data_dir))]
+    return [q.question for q in truthfulqa_questions("mc_task_v0.json", data_dir)]
 
 
 def fold_positions(questions: list[str], data_dir: str) -> dict[int, list[int]]:
@@ -81,4 +88,4 @@ def select(candidates: list[Setting], tune: list[int]) -> Setting | None:
     those evaluated on all of them (None if any candidate is not yet evaluated there)."""
     if not candidates or not all(c.covers(tune) for c in candidates):
         return None
-    return max(candidates, key=lambda c: tuning_criterion({m: c.mean(m, tune) for m in METRICS}))
+    return best_on_fold(candidates, lambda c: {m: c.mean(m, tune) for m in METRICS})

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 import matplotlib
-from grid_rows import fold_positions, grid_questions, merge_rows, read_rows
+from grid_rows import fold_positions, grid_questions, grid_settings
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    settings = merge_rows(read_rows(args.grid_dir / "grid.jsonl"))
+    settings = grid_settings(args.grid_dir)
     folds = fold_positions(grid_questions(args.grid_dir, args.data_dir), args.data_dir)
     index = sorted(folds[1] + folds[2])
     unedited = settings["unedited"]

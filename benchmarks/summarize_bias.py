@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from spectral_edit.experiments.store import Store
 from spectral_edit.util.report import markdown_table
 
 
@@ -14,7 +14,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bias_dir", type=Path)
     args = parser.parse_args()
-    rows = [json.loads(x) for x in (args.bias_dir / "bias.jsonl").read_text().splitlines() if x]
+    rows = Store(args.bias_dir).rows("bias")
     supplements = {r["name"]: r["truthfulqa"] for r in rows if r.get("supplement") == "truthfulqa"}
     rows = [r for r in rows if "supplement" not in r]
     for row in rows:

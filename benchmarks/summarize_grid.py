@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from grid_rows import METRICS, fold_positions, grid_questions, merge_rows, read_rows, select
+from grid_rows import METRICS, fold_positions, grid_questions, grid_settings, select
 
 from spectral_edit.util.report import fmt, markdown_table, write_json
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("grid_dir", type=Path)
     parser.add_argument("--data-dir", required=True)
     args = parser.parse_args()
-    settings = merge_rows(read_rows(args.grid_dir / "grid.jsonl"))
+    settings = grid_settings(args.grid_dir)
     questions = grid_questions(args.grid_dir, args.data_dir)
     folds = fold_positions(questions, args.data_dir)
     unedited = settings["unedited"]

@@ -8,10 +8,12 @@ each direction (tune fold → test fold): every candidate on the tune fold's que
 (``mc_task_v0.json``), then the best (mean of MC1 and MC2) on the test fold, with the
 unedited model on the test fold. A setting already scored on all questions counts for
 both folds. Each evaluation is appended to ``grid.jsonl`` (see ``grid_rows.py``) as soon
-as it exists, so an interrupted run keeps what it finished and a rerun does only what is
-missing; ``--shard i/k`` splits the work between k processes sharing ``--out``
-(``--capture-only`` first, so that they share one activation file; rerun without
-``--shard`` at the end for the test-fold evaluations of the chosen settings).
+as it exists (rows of the project's one store, :mod:`spectral_edit.experiments.store`),
+so an interrupted run keeps what it finished and a rerun does only what is missing;
+``--shard i/k`` splits the work between k processes sharing ``--out`` (``--capture-only``
+first, so that they share one activation file, keyed by the model and the
+demonstrations; rerun without ``--shard`` at the end for the test-fold evaluations of the
+chosen settings).
 ``benchmarks/summarize_grid.py`` writes the tables from that file.
 
     python benchmarks/truthfulness_grid.py --model gemma-3-270m --out runs/grid \\
@@ -21,34 +23,27 @@ missing; ``--shard i/k`` splits the work between k processes sharing ``--out``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import itertools
 import json
 import time
 from pathlib import Path
 
 import torch
-from filelock import FileLock
-from grid_rows import fold_positions, merge_rows, read_rows, select
-from safetensors.torch import load_file, save_file
+from grid_rows import ROWS, fold_positions, grid_settings, select
 
-from spectral_edit.data import load_halueval_qa, load_mc_task, resolve
-from spectral_edit.demos.builders import halueval_demos
-from spectral_edit.demos.format import DemoActivations, capture_demos
+from spectral_edit.data.splits import truthfulqa_questions
+from spectral_edit.demos.activations import DemoActivations, capture_demos
 from spectral_edit.editors.sea_fit import SpectralFitter
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
+from spectral_edit.experiments.demo_job import load_truthfulness_demos
+from spectral_edit.experiments.folds import Direction
+from spectral_edit.experiments.store import Store, options_key
 from spectral_edit.hf.capture import capture
 from spectral_edit.hf.layers import find_decoder_layers
 from spectral_edit.hf.models import load_model
-from spectral_edit.util.atomic import atomic_path
-
-
-def _demos(data_dir: str, n_max: int):
-    one = load_halueval_qa(resolve("halueval/qa_one-turn_data.json", data_dir))
-    demos = halueval_demos(one, limit=min(n_max, len(one)))
-    if n_max > len(one):
-        multi = load_halueval_qa(resolve("halueval/qa_multi-turn_data.json", data_dir))
-        demos += halueval_demos(multi, limit=n_max - len(one))
-    return demos
+from spectral_edit.util.atomic import atomic_write_text
 
 
 def _subset(acts: DemoActivations, n: int, layers: list[int]) -> DemoActivations:
@@ -95,7 +90,7 @@ def main() -> None:
         "--acts",
         type=Path,
         default=None,
-        help="activation cache (default: OUT/activations.safetensors)",
+        help="activation cache, a .safetensors file (default: OUT/activations.safetensors)",
     )
     parser.add_argument("--n", default="25,100,500,1000")
     parser.add_argument("--layers", default="2,4,8,18", help="last-L values")
@@ -118,28 +113,25 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     shard, shards = (int(x) for x in args.shard.split("/"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    grid_path = args.out / "grid.jsonl"
-    lock = FileLock(str(args.out / "grid.lock"))
+    store = Store(args.out)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(args.model)
     model.to(device)
     n_layers = len(find_decoder_layers(model))
-    questions = load_mc_task(resolve("truthfulqa/mc_task_v0.json", args.data_dir))
-    questions = questions[: args.limit] if args.limit else questions
+    questions = truthfulqa_questions("mc_task_v0.json", args.data_dir, limit=args.limit or None)
     texts = [q.question for q in questions]
-    questions_path = args.out / "questions.json"
-    if questions_path.exists() and json.loads(questions_path.read_text()) != texts:
-        raise SystemExit(f"{questions_path}: another question list (different --limit?)")
-    with lock:
+    questions_path = store.path("questions.json")
+    with store.lock(ROWS):
+        if questions_path.exists() and json.loads(questions_path.read_text()) != texts:
+            raise SystemExit(f"{questions_path}: another question list (different --limit?)")
         if not questions_path.exists():
-            questions_path.write_text(json.dumps(texts))
+            atomic_write_text(questions_path, json.dumps(texts))
     folds = fold_positions(texts, args.data_dir)
     subsets = {"all": list(range(len(questions))), **{f"fold{k}": v for k, v in folds.items()}}
-    directions = [tuple(int(x) for x in d.split("-")) for d in args.directions.split(",")]
+    directions = [Direction.parse(d) for d in args.directions.split(",")]
     ns = [int(x) for x in args.n.split(",")]
-    demos = _demos(args.data_dir, max(ns))
+    demos = load_truthfulness_demos(max(ns), args.data_dir, fallback=False).demos
     ns = [n for n in ns if n <= len(demos)]
 
     def record(name: str, options: dict, index: list[int], result, seconds, editor=None) -> None:
@@ -153,8 +145,7 @@ def main() -> None:
         }
         if editor is not None:
             row["ranks"] = {str(k): list(editor.ranks[k]) for k in editor.active_layers}
-        with lock, grid_path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        store.append(ROWS, row)
         print(
             f"[{time.perf_counter() - start:6.0f}s] {name} on {len(index)} questions: "
             f"MC1 {result.summary['mc1']:.1f} MC2 {result.summary['mc2']:.1f} "
@@ -165,45 +156,44 @@ def main() -> None:
     def evaluate(index: list[int], editor=None):
         t0 = time.perf_counter()
         subset = [questions[i] for i in index]
-        if editor is None:
+        with contextlib.nullcontext() if editor is None else editor.apply(model):
             result = evaluate_truthfulqa(model, tokenizer, subset, batch_size=args.batch_size)
-        else:
-            with editor.apply(model):
-                result = evaluate_truthfulqa(model, tokenizer, subset, batch_size=args.batch_size)
         return result, time.perf_counter() - t0
 
     all_layers = list(range(n_layers))
     path = args.acts or args.out / "activations.safetensors"
+
+    def capture_all() -> dict[str, torch.Tensor]:
+        generated = capture_demos(
+            model,
+            tokenizer,
+            demos,
+            layers=all_layers,
+            neutral="generate",
+            batch_size=args.gen_batch_size,
+            progress=True,
+        )
+        prompts = [d.prompt for d in demos]
+        prompt_last = capture(
+            model, tokenizer, prompts, layers=all_layers, batch_size=args.gen_batch_size
+        )
+        return {
+            "neutral": generated.neutral,
+            "positive": generated.positive,
+            "negative": generated.negative,
+            "neutral_prompt": prompt_last,
+        }
+
     t0 = time.perf_counter()
-    with FileLock(str(path) + ".lock"):  # one process captures; the others wait and load
-        if not path.exists():
-            generated = capture_demos(
-                model,
-                tokenizer,
-                demos,
-                layers=all_layers,
-                neutral="generate",
-                batch_size=args.gen_batch_size,
-                progress=True,
-            )
-            prompt_last = capture(
-                model,
-                tokenizer,
-                [d.prompt for d in demos],
-                layers=all_layers,
-                batch_size=args.gen_batch_size,
-            )
-            saved = {
-                "neutral": generated.neutral,
-                "positive": generated.positive,
-                "negative": generated.negative,
-                "neutral_prompt": prompt_last,
-            }
-            with atomic_path(path) as tmp:
-                save_file(saved, str(tmp))
-        saved = load_file(str(path))
-    if len(saved["neutral"]) < len(demos):
-        raise SystemExit(f"{path} holds {len(saved['neutral'])} demonstrations, need {len(demos)}")
+    acts_key = {
+        "model": args.model,
+        "demos": options_key({"d": [dataclasses.asdict(d) for d in demos]}),
+        "layers": all_layers,
+        "neutral": ["generate", "prompt-last-token"],
+    }
+    # one process captures (under the store's lock), the others wait and load
+    name = path.name.removesuffix(".safetensors")
+    saved = Store(path.parent).tensors(name, acts_key, capture_all, shared=True)
     acts = {
         "generate": DemoActivations(
             saved["neutral"], saved["positive"], saved["negative"], tuple(all_layers)
@@ -238,14 +228,14 @@ def main() -> None:
         return editor.with_options(layers=all_layers[-config["last"] :])
 
     candidates, ablations = _configs(args, ns)
-    units = [("unedited", None, f"fold{test}") for _, test in directions]
-    units += [(_name(c), c, f"fold{tune}") for tune, _ in directions for c in candidates]
+    units = [("unedited", None, f"fold{d.test}") for d in directions]
+    units += [(_name(c), c, f"fold{d.tune}") for d in directions for c in candidates]
     units += [(_name(c), c, "all") for c in ablations]
 
     def run(units) -> bool:
         """Evaluate each unit's missing questions; False once the budget is spent."""
         for name, config, subset in units:
-            setting = merge_rows(read_rows(grid_path)).get(name)
+            setting = grid_settings(args.out, locked=True).get(name)
             index = [i for i in subsets[subset] if setting is None or i not in setting.scores]
             if not index:
                 continue
@@ -260,16 +250,16 @@ def main() -> None:
     if not run(units[shard::shards]):
         return
     # the chosen settings on their test folds (once every candidate has its tune fold)
-    settings = merge_rows(read_rows(grid_path))
+    settings = grid_settings(args.out, locked=True)
     chosen = []
     for n in ns:
         pool = [settings[_name(c)] for c in candidates if c["n"] == n and _name(c) in settings]
         if len(pool) < sum(c["n"] == n for c in candidates):
             continue
-        for tune, test in directions:
-            best = select(pool, folds[tune])
+        for d in directions:
+            best = select(pool, folds[d.tune])
             if best is not None:
-                chosen.append((best.name, best.options, f"fold{test}"))
+                chosen.append((best.name, best.options, f"fold{d.test}"))
     run(chosen[shard::shards])
 
 

@@ -12,8 +12,10 @@ Fit offline from demonstrations, edit online through forward hooks::
         ...
 """
 
-from .demos.format import Demonstration, capture_demos, read_demos, write_demos
-from .editors.sea import EditorFileError, SpectralEditor
+from .demos.activations import capture_demos
+from .demos.format import Demonstration, read_demos, write_demos
+from .editors.file_format import EditorFileError
+from .editors.sea import SpectralEditor
 from .editors.sea_fit import SpectralFitter, fit_from_arrays
 from .hf.capture import capture
 from .hf.layers import find_decoder_layers, parse_layers

@@ -125,7 +125,8 @@ def tiny_model(
 @pytest.fixture(scope="session")
 def real_model() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The built-in gemma-3-270m through ``load_model`` (converted once, then cached)."""
-    from spectral_edit.hf.models import DEFAULT_MODEL, load_model
+    from spectral_edit.hf.model_names import DEFAULT_MODEL
+    from spectral_edit.hf.models import load_model
 
     return load_model(DEFAULT_MODEL)
 

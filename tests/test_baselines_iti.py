@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 from spectral_edit import EditorFileError
 from spectral_edit.demos.format import Demonstration
 from spectral_edit.editors.baselines import ITIEditor, MeanDifferenceEditor
-from spectral_edit.editors.baselines.iti import (
+from spectral_edit.editors.baselines.iti_train import (
     _logistic_objective,
     demo_split,
     fit_logistic,

@@ -11,7 +11,7 @@ from spectral_edit import EditorFileError
 from spectral_edit.demos.format import Demonstration
 from spectral_edit.demos.prompts import answer_text
 from spectral_edit.editors.baselines import LoRAEditor
-from spectral_edit.editors.baselines.lora import (
+from spectral_edit.editors.baselines.lora_train import (
     IGNORE_INDEX,
     answer_example,
     collate_examples,
@@ -176,6 +176,24 @@ def test_save_load_round_trip_and_refusals(trained, tmp_path):
         LoRAEditor.load(path, make_tiny_model("mistral"))
 
 
+def test_files_with_the_old_site_field_still_load(trained, tmp_path):
+    from spectral_edit.editors.file_format import read_editor_file, write_editor_file
+
+    model, tokenizer, _, _, editor = trained
+    path = editor.save(tmp_path / "lora.safetensors")
+    header, tensors = read_editor_file(path, "spectral-edit/lora", 1)
+    assert "site" not in header
+    header.pop("content_sha256")
+    old = write_editor_file(tmp_path / "old.safetensors", tensors, {**header, "site": "residual"})
+    loaded = LoRAEditor.load(old, model)
+    assert loaded.modules == editor.modules and not hasattr(loaded, "site")
+    with editor.apply(model):
+        expected = _logits(model, tokenizer)
+    with loaded.apply(model):
+        for got, ref in zip(_logits(model, tokenizer), expected, strict=True):
+            assert torch.equal(got, ref)
+
+
 def test_attach_names_missing_modules_and_shape_mismatches(trained):
     model, _, _, _, editor = trained
     renamed = dataclasses.replace(
@@ -226,7 +244,11 @@ def test_labels_mask_the_prompt_and_padding(tiny_tokenizer):
 def test_training_loss_uses_the_head_only_where_it_is_needed(arch):
     """The training loss (LM head at answer positions only) equals the masked loss of
     the model's full logits."""
-    from spectral_edit.editors.baselines.lora import _forward_loss, answer_example, collate_examples
+    from spectral_edit.editors.baselines.lora_train import (
+        _forward_loss,
+        answer_example,
+        collate_examples,
+    )
     from spectral_edit.hf.tokens import model_inputs, pad_id_of
 
     model, tokenizer = make_tiny_model(arch), make_tiny_tokenizer()

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from grid_rows import merge_rows, select  # noqa: E402
 
-from spectral_edit.evaluate.metrics import tuning_criterion  # noqa: E402
+from spectral_edit.evaluate.metrics.multiple_choice import tuning_criterion  # noqa: E402
 
 
 def _row(name, index, mc1, mc2, options=None):

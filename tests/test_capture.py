@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from spectral_edit.hf.capture import capture
-from spectral_edit.hf.layers import LayerNotFoundError, find_decoder_layers, parse_layers
+from spectral_edit.core.options import Site, Token
+from spectral_edit.hf.capture import capture, capture_modules
+from spectral_edit.hf.layers import (
+    LayerNotFoundError,
+    find_decoder_layers,
+    parse_layers,
+    site_module,
+    site_modules,
+)
 from spectral_edit.hf.tokens import encode_pair
 
 from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
@@ -124,3 +131,36 @@ def test_parse_layers():
     for bad in ("last-0", "last-9", "x", "7"):
         with pytest.raises(ValueError):
             parse_layers(bad, 4)
+
+
+def test_parse_layers_int_is_one_index_not_a_count():
+    assert parse_layers(2, 4) == [2]
+    assert parse_layers(-1, 4) == [3]
+    assert parse_layers(-2, 4) == [2]
+    with pytest.raises(ValueError, match="out of range"):
+        parse_layers(4, 4)
+
+
+def test_sites_and_tokens_accept_the_enums_or_their_strings():
+    model = make_tiny_model("llama")
+    tokenizer = make_tiny_tokenizer()
+    assert site_modules(model, [1], Site.MLP) == site_modules(model, [1], "mlp")
+    first = find_decoder_layers(model)[0]
+    assert site_module(first, Site.RESIDUAL) is site_module(first, "residual") is first
+    with pytest.raises(
+        ValueError, match=r"unknown site 'attn'; expected one of \('residual', 'mlp'\)"
+    ):
+        site_modules(model, [0], "attn")
+    texts = ["the cat sat"], [" on the mat"]
+    by_enum = capture(model, tokenizer, *texts, layers=[0], site=Site.MLP, token=Token.MEAN)
+    by_str = capture(model, tokenizer, *texts, layers=[0], site="mlp", token="mean")
+    assert torch.equal(by_enum, by_str)
+    with pytest.raises(ValueError, match=r"token must be one of \('last', 'mean'\), not 'first'"):
+        capture(model, tokenizer, *texts, layers=[0], token="first")
+
+
+def test_capture_modules_refuses_an_unknown_reading_point():
+    model = make_tiny_model("llama")
+    modules = site_modules(model, [0])
+    with pytest.raises(ValueError, match=r"on must be one of \('input', 'output'\)"):
+        capture_modules(model, make_tiny_tokenizer(), ["x"], modules=modules, on="middle")  # type: ignore[arg-type]

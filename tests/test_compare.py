@@ -4,28 +4,31 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from spectral_edit.cli.app import app
 from spectral_edit.data import load_fold, load_mc_task
 from spectral_edit.data.truthfulqa import split_mc_by_fold
 from spectral_edit.demos.format import Demonstration, write_demos
-from spectral_edit.experiments.compare import CompareOptions, run_compare, tokens_processed
-from spectral_edit.experiments.methods import (
-    METHODS,
-    Intervention,
-    MethodSpec,
-    parse_methods,
-    setting_id,
-)
+from spectral_edit.experiments.compare import run_compare
+from spectral_edit.experiments.compare_results import CompareOptions
+from spectral_edit.experiments.methods import METHODS, Intervention, MethodSpec, parse_methods
+from spectral_edit.experiments.overhead import tokens_processed
+from spectral_edit.experiments.settings import setting_id
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+def _quiet(message: str) -> None:
+    """No progress messages."""
+
+
 DEMOS = [Demonstration(f"q: thing {i}\na:", f"yes it is {i}", f"no never {i}") for i in range(12)]
 OPTIONS = CompareOptions(
     methods=("none", "mean-diff", "broken", "dola"),
@@ -70,7 +73,6 @@ def _registry(fail: bool, calls: list[str]):
 def test_compare_reports_fails_per_method_and_resumes(tmp_path, data_dir):
     model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
     folds, calls = _folds(), []
-    quiet = Console(quiet=True)
     report = run_compare(
         model,
         tokenizer,
@@ -81,8 +83,8 @@ def test_compare_reports_fails_per_method_and_resumes(tmp_path, data_dir):
         data_dir=data_dir,
         model_name="tiny",
         registry=_registry(True, calls),
-        console=quiet,
-    )
+        echo=_quiet,
+    ).to_json()
     rows = report["methods"]
     assert rows["broken"] == {"error": "RuntimeError: planted failure"}
     assert (tmp_path / "units" / "broken" / "error.json").is_file()
@@ -125,8 +127,8 @@ def test_compare_reports_fails_per_method_and_resumes(tmp_path, data_dir):
         data_dir=data_dir,
         model_name="tiny",
         registry=_registry(False, calls),
-        console=quiet,
-    )
+        echo=_quiet,
+    ).to_json()
     assert calls == ["x=1"]  # only the failed method ran again
     assert "error" not in again["methods"]["broken"]
     assert not (tmp_path / "units" / "broken" / "error.json").exists()
@@ -136,7 +138,6 @@ def test_compare_reports_fails_per_method_and_resumes(tmp_path, data_dir):
 def test_changed_options_are_not_reused(tmp_path, data_dir):
     model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
     folds, calls = _folds(), []
-    quiet = Console(quiet=True)
     options = dataclasses.replace(OPTIONS, methods=("mean-diff",), control_tasks=("boolq",))
     run_compare(
         model,
@@ -147,8 +148,8 @@ def test_changed_options_are_not_reused(tmp_path, data_dir):
         tmp_path,
         registry=_registry(False, calls),
         data_dir=data_dir,
-        console=quiet,
-    )
+        echo=_quiet,
+    ).to_json()
     first = len(calls)
     run_compare(
         model,
@@ -159,8 +160,8 @@ def test_changed_options_are_not_reused(tmp_path, data_dir):
         tmp_path,
         registry=_registry(False, calls),
         data_dir=data_dir,
-        console=quiet,
-    )
+        echo=_quiet,
+    ).to_json()
     assert len(calls) == 2 * first  # other demonstrations: everything recomputed
 
 
@@ -177,8 +178,8 @@ def test_one_direction_scores_only_the_chosen_setting_on_fold_2(tmp_path, data_d
         options,
         tmp_path,
         data_dir=data_dir,
-        console=Console(quiet=True),
-    )
+        echo=_quiet,
+    ).to_json()
     row = report["methods"]["mean-diff"]
     chosen = row["selections"]["fold1->fold2"]
     assert list(row["selections"]) == ["fold1->fold2"]
@@ -265,8 +266,8 @@ def test_a_prepared_editor_is_saved_and_not_prepared_again(tmp_path, data_dir):
         tmp_path,
         data_dir=data_dir,
         registry={"trained": spec},
-        console=Console(quiet=True),
-    )
+        echo=_quiet,
+    ).to_json()
     first = run()
     assert prepared == [1] and (tmp_path / "units" / "trained" / "prepared.safetensors").is_file()
     for unit in (tmp_path / "units" / "trained").glob("alpha=2.0--truthfulqa-*.json"):
@@ -279,3 +280,32 @@ def test_a_prepared_editor_is_saved_and_not_prepared_again(tmp_path, data_dir):
         for fold, s in by_fold.items()
     }
     assert scores(again) == scores(first)
+
+
+def test_typed_report_and_no_plot_without_matplotlib(tmp_path, data_dir, monkeypatch):
+    """The report is typed (directions, summaries); without matplotlib (the ``plots``
+    extra) report.md and report.json are still written and the plot is said skipped."""
+    from spectral_edit.experiments.folds import DIRECTIONS
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
+    said = []
+    options = dataclasses.replace(
+        OPTIONS, methods=("none", "mean-diff"), control_tasks=("boolq",), both_directions=False
+    )
+    report = run_compare(
+        model, tokenizer, DEMOS, _folds(), options, tmp_path, data_dir=data_dir, echo=said.append
+    )
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.json").is_file()
+    assert not (tmp_path / "truthfulness_vs_control.png").exists()
+    assert any(m.startswith("plot skipped:") and "plots" in m for m in said)
+    summary = report.summaries["mean-diff"]
+    chosen = summary.selections[DIRECTIONS[0]]
+    assert (
+        list(summary.selections) == [DIRECTIONS[0]]
+        and summary.mc2 == summary.tuning[chosen][2]["mc2"]
+    )
+    assert report.failed == [] and report.table().rows[0][0] == "none"
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(
+        json.dumps(report.to_json())
+    )

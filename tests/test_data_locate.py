@@ -1,4 +1,5 @@
-"""Tests for spectral_edit.data.locate: data-dir precedence, resolve and verified downloads.
+"""Tests for spectral_edit.data.locate and .registry: data-dir precedence, resolve, verified
+downloads and the registry of known files.
 
 Downloads are exercised against a real loopback HTTP server (127.0.0.1, ephemeral port,
 daemon thread, short timeouts), never the internet.
@@ -19,18 +20,10 @@ import platformdirs
 import pytest
 
 from spectral_edit.data import locate
-from spectral_edit.data.locate import (
-    BBQ_CATEGORIES,
-    KNOWN_FILES,
-    ChecksumMismatch,
-    DataFileMissing,
-    DownloadError,
-    RemoteFile,
-    data_dir,
-    download,
-    resolve,
-    sha256_file,
-)
+from spectral_edit.data.errors import ChecksumMismatch, DataFileMissing, DownloadError
+from spectral_edit.data.locate import data_dir, download, resolve
+from spectral_edit.data.registry import BBQ_CATEGORIES, KNOWN_FILES, RemoteFile
+from spectral_edit.util.atomic import sha256_file
 
 PAYLOAD = "Invented benchmark line, ünïcödé included.\n".encode() * 300
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

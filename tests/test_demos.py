@@ -6,17 +6,11 @@ import pytest
 import torch
 
 from spectral_edit.data import load_bbq, load_halueval_qa, load_truthfulqa_csv
+from spectral_edit.demos.activations import capture_demos, neutral_answers
 from spectral_edit.demos.builders import bbq_demos, halueval_demos, truthfulqa_demos
-from spectral_edit.demos.format import (
-    DemoFormatError,
-    Demonstration,
-    capture_demos,
-    neutral_answers,
-    read_demos,
-    write_demos,
-)
+from spectral_edit.demos.format import DemoFormatError, Demonstration, read_demos, write_demos
 from spectral_edit.demos.prompts import qa_prompt
-from spectral_edit.experiments.jobs import shipped_demos_path
+from spectral_edit.experiments.demo_job import shipped_demos_path
 from spectral_edit.hf.generation import generate_greedy, truncate_at_stops
 
 from .tiny_models import make_tiny_model, make_tiny_tokenizer

@@ -90,3 +90,23 @@ def test_cli_info_and_eval_with_a_baseline_editor(tiny_model_dir, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+
+
+def test_every_editor_class_is_an_editor_with_its_own_format(tmp_path):
+    from spectral_edit.editors.base import Editor
+    from spectral_edit.editors.registry import EDITOR_CLASSES
+
+    names = [cls.FORMAT.name for cls in EDITOR_CLASSES]
+    assert sorted(names) == sorted(editor_classes()) and len(set(names)) == len(names)
+    for editor in _editors():
+        assert isinstance(editor, Editor)
+        assert isinstance(editor.with_options(alpha=0.25), type(editor))
+    assert not isinstance(torch.zeros(1), Editor)
+
+
+def test_header_values_read_back_as_their_field_types(tmp_path):
+    editor = _editors()[2]  # PCA: per-layer tensors and a per-layer float tuple
+    loaded = PCAVectorEditor.load(editor.save(tmp_path / "pca.safetensors"))
+    assert loaded.layers == editor.layers and isinstance(loaded.layers, tuple)
+    assert loaded.scales == editor.scales and isinstance(loaded.scales, tuple)
+    assert loaded.site == "residual" and loaded.metadata == editor.metadata

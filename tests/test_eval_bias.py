@@ -16,7 +16,7 @@ from spectral_edit.data.crows_pairs import CrowsPair, load_crows_pairs
 from spectral_edit.data.splits import bbq_group_key, exclude_demo_groups, split_bbq_items
 from spectral_edit.evaluate.bbq import evaluate_bbq
 from spectral_edit.evaluate.crows_pairs import evaluate_crows_pairs
-from spectral_edit.evaluate.metrics import BBQPrediction, bbq_metrics
+from spectral_edit.evaluate.metrics.bbq import BBQPrediction, bbq_metrics
 from spectral_edit.evaluate.scorer import ChoiceRequest, ContinuationScore, score_requests
 
 from .tiny_models import first_argmax

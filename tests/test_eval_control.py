@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import spectral_edit.evaluate.control as control_eval
+import spectral_edit.evaluate.choice as choice_eval
+import spectral_edit.evaluate.gsm8k as gsm8k_eval
 from spectral_edit.data.control import ChoiceItem, GSM8KItem, load_control_task, load_gsm8k
 from spectral_edit.data.errors import DataFileMissing
-from spectral_edit.evaluate.control import (
-    choice_requests,
-    evaluate_choice_task,
-    evaluate_control,
-    evaluate_gsm8k,
-)
+from spectral_edit.evaluate.choice import choice_requests, evaluate_choice_task
+from spectral_edit.evaluate.control import evaluate_control
+from spectral_edit.evaluate.gsm8k import evaluate_gsm8k
 from spectral_edit.evaluate.scorer import ChoiceRequest, ContinuationScore, score_requests
 
 from .tiny_models import first_argmax
@@ -94,7 +92,7 @@ def test_acc_norm_uses_characters_without_the_leading_space(monkeypatch) -> None
     def fake(model, tokenizer, requests, **kwargs):
         return [[ContinuationScore(*table[c], False) for c in r.continuations] for r in requests]
 
-    monkeypatch.setattr(control_eval, "score_requests", fake)
+    monkeypatch.setattr(choice_eval, "score_requests", fake)
     items = [ChoiceItem("t", ("q",), (" a", " bb"), 1), ChoiceItem("t", ("q",), (" a", " bb"), 0)]
     result = evaluate_choice_task(None, None, items)
     assert [r["predicted"] for r in result.per_item] == [0, 0]
@@ -109,7 +107,7 @@ def test_choice_task_passes_shared_prefix(monkeypatch) -> None:
         got.update(kwargs)
         return [[ContinuationScore(-1.0, 1, True) for _ in r.continuations] for r in requests]
 
-    monkeypatch.setattr(control_eval, "score_requests", fake)
+    monkeypatch.setattr(choice_eval, "score_requests", fake)
     evaluate_choice_task(
         None, None, [ChoiceItem("t", ("P: q",), (" x", " y"), 0)], shared_prefix="P:", batch_size=3
     )
@@ -153,7 +151,7 @@ def test_gsm8k_prompt_exemplars_and_exact_match(monkeypatch) -> None:
         evaluated[4].question: " I do not know.",  # neither
     }
     calls: list[dict] = []
-    monkeypatch.setattr(control_eval, "generate_greedy", _stub_generator(completions, calls))
+    monkeypatch.setattr(gsm8k_eval, "generate_greedy", _stub_generator(completions, calls))
     result = evaluate_gsm8k(None, None, items, n_shot=2, max_new_tokens=33, batch_size=3)
 
     (call,) = calls
@@ -176,7 +174,7 @@ def test_gsm8k_limit_seed_and_errors(monkeypatch) -> None:
     items = load_gsm8k(GSM8K_FIXTURE)
     calls: list[dict] = []
     answers = {it.question: " #### 0" for it in items}
-    monkeypatch.setattr(control_eval, "generate_greedy", _stub_generator(answers, calls))
+    monkeypatch.setattr(gsm8k_eval, "generate_greedy", _stub_generator(answers, calls))
     result = evaluate_gsm8k(None, None, items, n_shot=3, limit=2)
     assert [r["index"] for r in result.per_item] == [3, 4]
     seeded = evaluate_gsm8k(None, None, items, n_shot=3, seed=7)
@@ -222,22 +220,22 @@ def data_dir(tmp_path: Path, monkeypatch) -> Path:
 def test_evaluate_control_on_a_data_dir(tiny_llama, data_dir, monkeypatch) -> None:
     model, tok = tiny_llama
     answers = {it.question: f" #### {it.final}" for it in load_gsm8k(GSM8K_FIXTURE)}
-    monkeypatch.setattr(control_eval, "generate_greedy", _stub_generator(answers, []))
+    monkeypatch.setattr(gsm8k_eval, "generate_greedy", _stub_generator(answers, []))
     out = evaluate_control(
         model, tok, ["winogrande", "gsm8k", "arc_easy"], data_dir=data_dir, limit=2
     )
-    assert list(out["tasks"]) == ["winogrande", "gsm8k", "arc_easy"]
+    assert list(out.tasks) == ["winogrande", "gsm8k", "arc_easy"]
     for name in ("winogrande", "arc_easy"):
         direct = evaluate_choice_task(model, tok, load_control_task(name, data_dir, limit=2))
-        assert out["tasks"][name]["n"] == 2
-        assert out["tasks"][name]["acc"] == direct.summary["acc"]
-        assert out["tasks"][name]["acc_norm"] == direct.summary["acc_norm"]
-        assert len(out["per_item"][name]) == 2
-    gsm = out["tasks"]["gsm8k"]
+        assert out.tasks[name]["n"] == 2
+        assert out.tasks[name]["acc"] == direct.summary["acc"]
+        assert out.tasks[name]["acc_norm"] == direct.summary["acc_norm"]
+        assert len(out.per_item[name]) == 2
+    gsm = out.tasks["gsm8k"]
     assert gsm["n"] == 2 and gsm["n_shot"] == 5 and gsm["strict_match"] == 100.0
-    assert out["average"]["tasks"] == ["winogrande", "arc_easy"]
-    mean = (out["tasks"]["winogrande"]["acc"] + out["tasks"]["arc_easy"]["acc"]) / 2
-    assert out["average"]["acc"] == pytest.approx(mean)
+    assert out.average["tasks"] == ["winogrande", "arc_easy"]
+    mean = (out.tasks["winogrande"]["acc"] + out.tasks["arc_easy"]["acc"]) / 2
+    assert out.average["acc"] == pytest.approx(mean)
 
 
 def test_evaluate_control_errors(tiny_llama, data_dir) -> None:

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from spectral_edit.core.features import (
-    FEATURE_NAMES,
     FeatureMap,
     clamp_margin,
     get_feature_map,
     rms_scale,
 )
+from spectral_edit.core.options import Feature
+
+FEATURE_NAMES = Feature.values()
 
 NONLINEAR = ("tanh", "elu", "squared-exponential")
 

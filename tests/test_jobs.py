@@ -3,13 +3,15 @@
 import json
 import shutil
 
-from spectral_edit.experiments.jobs import StageStore, truthfulness_demo
+from spectral_edit.core.options import SeaOptions
+from spectral_edit.experiments.demo_job import truthfulness_demo
+from spectral_edit.experiments.store import Store
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "data"
 
 
 def test_stage_store_reuses_and_recomputes(tmp_path):
-    store = StageStore(tmp_path)
+    store = Store(tmp_path)
     calls = []
     compute = lambda: calls.append(1) or {"value": len(calls)}  # noqa: E731
     assert store.run("s", {"a": 1}, compute) == {"value": 1}
@@ -27,18 +29,10 @@ def test_demo_job_with_halueval_then_resume(tiny_model_dir, tmp_path, monkeypatc
     shutil.copytree(FIXTURES / "truthfulqa", data / "truthfulqa")
     out = tmp_path / "run"
     options = dict(
-        out_dir=out,
-        data_dir=data,
-        n_demos=3,
-        layers="last-2",
-        centered=True,
-        pos_ratio=0.9,
-        neg_ratio=0.9,
-        limit=2,
-        mc_file="mc_task.json",
-        batch_size=4,
+        out_dir=out, data_dir=data, n_demos=3, limit=2, mc_file="mc_task.json", batch_size=4
     )
-    report = truthfulness_demo(str(tiny_model_dir), **options)
+    fit = SeaOptions(layers="last-2", centered=True, pos_ratio=0.9, neg_ratio=0.9)
+    report = truthfulness_demo(str(tiny_model_dir), fit, **options).to_json()
     assert report["n_demonstrations"] == 3 and "HaluEval" in report["demonstrations"]
     assert report["n_questions"] == 2
     for name in (
@@ -52,11 +46,12 @@ def test_demo_job_with_halueval_then_resume(tiny_model_dir, tmp_path, monkeypatc
         assert (out / name).is_file(), name
     assert "MC1" in (out / "report.md").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json*")}
-    again = truthfulness_demo(str(tiny_model_dir), **options)  # every stage is reused
+    again = truthfulness_demo(str(tiny_model_dir), fit, **options).to_json()  # all reused
     assert again["edited"] == report["edited"] and again["unedited"] == report["unedited"]
     assert (out / "eval_edited.json").stat().st_mtime_ns == stamps["eval_edited.json"]
     # a different strength-relevant option reruns the fit and the edited evaluation only
-    changed = truthfulness_demo(str(tiny_model_dir), **{**options, "pos_ratio": 0.5})
+    changed = truthfulness_demo(str(tiny_model_dir), fit.replace(pos_ratio=0.5), **options)
+    changed = changed.to_json()
     assert (out / "eval_unedited.json").stat().st_mtime_ns == stamps["eval_unedited.json"]
     assert json.loads((out / "fit.json").read_text())["options"]["pos_ratio"] == 0.5
     assert changed["unedited"] == report["unedited"]
@@ -66,13 +61,12 @@ def test_demo_job_falls_back_to_shipped_demos(tiny_model_dir, tmp_path, monkeypa
     monkeypatch.setenv("SEA_OFFLINE", "1")
     report = truthfulness_demo(
         str(tiny_model_dir),
+        SeaOptions(layers="last-1", neutral="prompt"),
         out_dir=tmp_path / "run",
         data_dir=tmp_path,
         n_demos=5,
-        layers="last-1",
-        neutral="prompt",
         limit=1,
-    )
+    ).to_json()
     assert report == {"fit": report["fit"], "evaluated": False}
     assert (tmp_path / "run" / "editor.safetensors").is_file()
     assert len((tmp_path / "run" / "demos.jsonl").read_text().splitlines()) == 5

@@ -1,4 +1,5 @@
-"""Tests for spectral_edit.evaluate.metrics, on small hand-made inputs."""
+"""Tests for spectral_edit.evaluate.metrics (one module per benchmark), on small hand-made
+inputs."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ import math
 
 import pytest
 
-from spectral_edit.evaluate.metrics import (
-    BBQPrediction,
-    bbq_metrics,
-    choice_accuracy,
-    choice_lengths,
-    crows_metrics,
+from spectral_edit.evaluate.metrics.bbq import BBQPrediction, bbq_metrics
+from spectral_edit.evaluate.metrics.crows_pairs import crows_metrics
+from spectral_edit.evaluate.metrics.gsm8k import (
     extract_final_number,
     gsm8k_exact_match,
+    normalize_number,
+)
+from spectral_edit.evaluate.metrics.multiple_choice import (
+    choice_accuracy,
+    choice_lengths,
     mc_scores,
     mean_mc,
-    normalize_number,
 )
 
 L = math.log

@@ -11,7 +11,7 @@ from spectral_edit.cli.app import app
 from spectral_edit.core.options import SeaOptions
 from spectral_edit.data import load_crows_pairs
 from spectral_edit.evaluate.scorer import ChoiceRequest, score_requests
-from spectral_edit.experiments.jobs import shipped_demos_path
+from spectral_edit.experiments.demo_job import shipped_demos_path
 from spectral_edit.experiments.pipeline import fit_editor
 from spectral_edit.hf.generation import generate_greedy
 from spectral_edit.hf.tokens import encode_pair

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from spectral_edit.data import load_fold, load_mc_task, resolve
-from spectral_edit.data.truthfulqa import MCQuestion, split_mc_by_fold
+from spectral_edit.data.splits import truthfulqa_questions
+from spectral_edit.data.truthfulqa import MCQuestion
 from spectral_edit.demos.format import read_demos
 from spectral_edit.demos.prompts import answer_text
 from spectral_edit.evaluate.truthfulqa import evaluate_truthfulqa
@@ -134,10 +134,7 @@ def load_questions(
     data_dir: Path | None, mc_file: str, fold: int | None, limit: int | None
 ) -> list[MCQuestion]:
     """The TruthfulQA MC questions (of one SEA fold), first ``limit`` of them."""
-    questions = load_mc_task(resolve(f"truthfulqa/{mc_file}", data_dir))
-    if fold is not None:
-        questions = split_mc_by_fold(questions, load_fold(fold, data_dir))
-    return questions[:limit] if limit else questions
+    return truthfulqa_questions(mc_file, data_dir, fold=fold, limit=limit or None)
 
 
 def resolve_layers(spec: str, model: torch.nn.Module) -> list[int]:

@@ -29,15 +29,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .options import Feature
+
 __all__ = [
-    "FEATURE_NAMES",
     "FeatureMap",
     "clamp_margin",
     "get_feature_map",
     "rms_scale",
 ]
-
-FEATURE_NAMES: tuple[str, ...] = ("linear", "tanh", "elu", "squared-exponential")
 
 
 def clamp_margin(dtype: torch.dtype) -> float:
@@ -87,7 +86,8 @@ class FeatureMap:
     """An element-wise invertible feature map φ with its inverse.
 
     Attributes:
-        name: one of :data:`FEATURE_NAMES`.
+        name: a :class:`~spectral_edit.core.options.Feature` (a string naming one is
+            accepted and canonicalised as by :func:`get_feature_map`).
 
     * ``linear``: φ(x) = x; the scale is ignored (Φ-SEA with linear φ is plain SEA).
     * ``tanh``: φ(x) = tanh(x); inverse atanh(clamp(y, −1 + ε, 1 − ε)).  Range of the
@@ -102,23 +102,20 @@ class FeatureMap:
       normal number of the dtype (float32: magnitudes saturate at ``≈ 13.2·s``).
     """
 
-    name: str
+    name: Feature
 
     def __post_init__(self) -> None:
-        if self.name not in FEATURE_NAMES:
-            raise ValueError(
-                f"unknown feature map {self.name!r}; valid names: {', '.join(FEATURE_NAMES)}"
-            )
+        object.__setattr__(self, "name", _feature(self.name))
 
     @property
     def is_identity(self) -> bool:
         """True for ``linear`` (forward and inverse return the input unchanged)."""
-        return self.name == "linear"
+        return self.name is Feature.LINEAR
 
     @property
     def needs_reference(self) -> bool:
         """True when :meth:`inverse` needs the original activation (squared-exponential)."""
-        return self.name == "squared-exponential"
+        return self.name is Feature.SQUARED_EXPONENTIAL
 
     def forward(self, x: Tensor, scale: Tensor | float) -> Tensor:
         """Apply φ_s(x) = φ(x / s) element-wise.
@@ -135,9 +132,9 @@ class FeatureMap:
             return x
         work = x.to(_compute_dtype(x.dtype))
         u = work / _as_scale(scale, work)
-        if self.name == "tanh":
+        if self.name is Feature.TANH:
             out = torch.tanh(u)
-        elif self.name == "elu":
+        elif self.name is Feature.ELU:
             out = torch.nn.functional.elu(u)
         else:  # squared-exponential
             out = torch.exp(-0.5 * u * u)
@@ -188,9 +185,9 @@ class FeatureMap:
         eps = clamp_margin(y.dtype)
         work = y.to(_compute_dtype(y.dtype))
         s = _as_scale(scale, work)
-        if self.name == "tanh":
+        if self.name is Feature.TANH:
             out = torch.atanh(work.clamp(-1.0 + eps, 1.0 - eps))
-        elif self.name == "elu":
+        elif self.name is Feature.ELU:
             # torch.where evaluates both branches: clamping to [-1 + ε, 0] keeps the
             # log1p branch finite everywhere, including where it is not selected.
             neg = torch.log1p(work.clamp(min=-1.0 + eps, max=0.0))
@@ -204,20 +201,26 @@ class FeatureMap:
         return (out * s).to(y.dtype)
 
 
+def _feature(name: str) -> Feature:
+    """``name`` as a :class:`Feature` (case-insensitive, ``_`` read as ``-``)."""
+    try:
+        return Feature(name)
+    except ValueError:
+        valid = ", ".join(Feature.values())
+        raise ValueError(f"unknown feature map {name!r}; valid names: {valid}") from None
+
+
 def get_feature_map(name: str) -> FeatureMap:
     """Return the :class:`FeatureMap` called ``name``.
 
     ``name`` is matched case-insensitively and with ``_`` read as ``-`` (so
     ``"squared_exponential"`` works on a command line); the returned map carries the
-    canonical name from :data:`FEATURE_NAMES`.
+    canonical :class:`~spectral_edit.core.options.Feature`.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid names.
     """
-    canonical = name.strip().lower().replace("_", "-")
-    if canonical not in FEATURE_NAMES:
-        raise ValueError(f"unknown feature map {name!r}; valid names: {', '.join(FEATURE_NAMES)}")
-    return FeatureMap(canonical)
+    return FeatureMap(_feature(name))
 
 
 def rms_scale(x: Tensor) -> float:

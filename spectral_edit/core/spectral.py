@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from .features import FeatureMap
-
-MERGES = ("norm", "mean")
+from .options import Merge
 
 
 def rank_for_energy(singular_values: torch.Tensor, ratio: float) -> int:
@@ -28,6 +27,16 @@ def rank_for_energy(singular_values: torch.Tensor, ratio: float) -> int:
     fractions = energy.cumsum(0) / total
     k = int(torch.searchsorted(fractions, torch.tensor(ratio, dtype=fractions.dtype)).item()) + 1
     return max(1, min(k, singular_values.numel()))
+
+
+def choose_rank(singular_values: torch.Tensor, ratio: float, rank: int | None, name: str) -> int:
+    """``rank`` if given (checked to be in ``1..m`` for ``m`` singular values), else
+    :func:`rank_for_energy` of ``ratio``; ``name`` labels the error (e.g. ``"pos_rank"``)."""
+    if rank is None:
+        return rank_for_energy(singular_values, ratio)
+    if not 1 <= rank <= singular_values.numel():
+        raise ValueError(f"{name} must be in 1..{singular_values.numel()}, got {rank}")
+    return int(rank)
 
 
 def energy_fractions(singular_values: torch.Tensor) -> torch.Tensor:
@@ -50,7 +59,7 @@ def spectral_edit(
     pos: torch.Tensor,
     neg: torch.Tensor,
     *,
-    merge: str = "norm",
+    merge: Merge | str = Merge.NORM,
     alpha: float = 1.0,
     feature: FeatureMap | None = None,
     scale: torch.Tensor | float = 1.0,
@@ -62,15 +71,14 @@ def spectral_edit(
     result ``h + α (h' − h)``. ``pos``/``neg`` must share ``h``'s device. Half-precision
     inputs are computed in float32.
     """
-    if merge not in MERGES:
-        raise ValueError(f"merge must be one of {MERGES}, not {merge!r}")
+    merge = Merge.parse(merge, "merge")
     compute = torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
     x = h.to(compute)
     pos = pos.to(compute)
     neg = neg.to(compute)
     u = x if feature is None or feature.is_identity else feature.forward(x, scale)
     z = (u @ pos) @ pos.T + u - (u @ neg) @ neg.T
-    if merge == "norm":
+    if merge is Merge.NORM:
         tiny = torch.finfo(compute).tiny
         z = z * (u.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(tiny))
     else:

@@ -1,7 +1,9 @@
 """Benchmark data: locate (and, when pinned, download) files, then parse them.
 
 Files live in one data directory (``--data-dir`` / ``$SEA_DATA_DIR`` / user cache), under
-fixed relative paths (:data:`KNOWN_FILES`); :func:`resolve` finds them.  One module per
+fixed relative paths (:data:`KNOWN_FILES`, in :mod:`.registry`); :func:`resolve` (in
+:mod:`.locate`) finds them, downloading pinned ones.  :mod:`.readers` holds the validated
+JSON/CSV readers the parsers share, :mod:`.errors` the exceptions.  One module per
 dataset turns a file into a list of frozen dataclasses and reports malformed input as
 :class:`DataFormatError` naming the file and line:
 
@@ -12,7 +14,7 @@ dataset turns a file into a list of frozen dataclasses and reports malformed inp
 - :mod:`.control` -- general-capability multiple-choice tasks and GSM8K.
 """
 
-from .bbq import BBQ_CATEGORIES, BBQItem, biased_index, load_bbq, load_bbq_dir, unknown_index
+from .bbq import BBQItem, biased_index, load_bbq, load_bbq_dir, unknown_index
 from .control import (
     CONTROL_TASKS,
     ChoiceItem,
@@ -26,7 +28,8 @@ from .control import (
 from .crows_pairs import CrowsPair, load_crows_pairs
 from .errors import ChecksumMismatch, DataFileMissing, DataFormatError, DownloadError
 from .halueval import HaluEvalQA, load_halueval_qa
-from .locate import KNOWN_FILES, RemoteFile, data_dir, download, resolve, sha256_file
+from .locate import data_dir, download, resolve
+from .registry import BBQ_CATEGORIES, KNOWN_FILES, RemoteFile
 from .truthfulqa import (
     QA_PRIMER,
     MCQuestion,
@@ -72,7 +75,6 @@ __all__ = [
     "load_winogrande",
     "normalize_question",
     "resolve",
-    "sha256_file",
     "split_mc_by_fold",
     "unknown_index",
 ]

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFileMissing, DataFormatError, iter_json_lines, require_int, require_str
-from .locate import BBQ_CATEGORIES
+from .errors import DataFileMissing, DataFormatError
+from .readers import iter_json_lines, require_int, require_str
+from .registry import BBQ_CATEGORIES
 
 __all__ = [
-    "BBQ_CATEGORIES",
     "BBQItem",
     "biased_index",
     "load_bbq",

@@ -39,8 +39,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFormatError, iter_json_lines, require_int, require_str, require_str_list
+from .errors import DataFormatError
 from .locate import resolve
+from .readers import iter_json_lines, require_int, require_str, require_str_list
 
 __all__ = [
     "CONTROL_TASKS",

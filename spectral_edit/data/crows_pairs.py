@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataFormatError, iter_csv_records
+from .errors import DataFormatError
+from .readers import iter_csv_records
 
 __all__ = ["STEREO_VALUES", "CrowsPair", "load_crows_pairs"]
 

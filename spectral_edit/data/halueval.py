@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import iter_json_lines, require_str
 from .locate import resolve
+from .readers import iter_json_lines, require_str
 
 __all__ = ["HALUEVAL_SOURCES", "HaluEvalQA", "load_halueval_qa", "load_halueval_source"]
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFormatError, iter_csv_records, iter_json_array, require_str
+from .errors import DataFormatError
 from .locate import resolve
+from .readers import iter_csv_records, iter_json_array, require_str
 
 __all__ = [
     "QA_PRIMER",

@@ -1,25 +1,19 @@
-"""Demonstrations: a JSON Lines file of (prompt, positive, negative[, neutral]) records,
-and the activations SEA is fitted on."""
+"""Demonstrations: a JSON Lines file of ``(prompt, positive, negative[, neutral])`` records.
+
+One object per line; blank lines are skipped; the three answers are non-empty strings,
+``neutral`` (optional) a string; any other field is an error naming the file and line.
+The activations SEA is fitted on are captured from them in
+:mod:`spectral_edit.demos.activations`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
-
-from ..hf.capture import capture
-from ..hf.generation import generate_greedy
 from ..util.atomic import atomic_write_text
-from .prompts import answer_text
-
-NEUTRAL_CHOICES = ("generate", "prompt", "given")
-"""``generate``: the model's own greedy answer (paper); ``prompt``: the last prompt token;
-``given``: the file's ``neutral`` field (required on every line)."""
 
 
 class DemoFormatError(ValueError):
@@ -83,92 +77,3 @@ def write_demos(path: str | Path, demos: Iterable[Demonstration]) -> Path:
         lines.append(json.dumps(record, ensure_ascii=False))
     atomic_write_text(Path(path), "\n".join(lines) + "\n")
     return Path(path)
-
-
-def neutral_answers(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    demos: Sequence[Demonstration],
-    neutral: str = "generate",
-    *,
-    batch_size: int = 8,
-    max_new_tokens: int = 64,
-    progress: bool = False,
-) -> list[str]:
-    """The neutral continuation of each demonstration ('' = the prompt's last token)."""
-    if neutral not in NEUTRAL_CHOICES:
-        raise ValueError(f"neutral must be one of {NEUTRAL_CHOICES}, not {neutral!r}")
-    if neutral == "prompt":
-        return [""] * len(demos)
-    if neutral == "given":
-        missing = [i + 1 for i, d in enumerate(demos) if d.neutral is None]
-        if missing:
-            raise ValueError(f"neutral='given' but demonstrations {missing[:10]} have no neutral")
-        return [answer_text(d.neutral) if d.neutral.strip() else "" for d in demos]
-    todo = [i for i, d in enumerate(demos) if d.neutral is None]
-    generated = generate_greedy(
-        model,
-        tokenizer,
-        [demos[i].prompt for i in todo],
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress="neutral answers" if progress else False,
-    )
-    answers = [d.neutral or "" for d in demos]
-    for i, text in zip(todo, generated, strict=True):
-        answers[i] = text
-    return [answer_text(a) if a.strip() else "" for a in answers]
-
-
-@dataclass(frozen=True)
-class DemoActivations:
-    """Activations of N demonstrations at L layers: three ``(N, L, d)`` float32 tensors."""
-
-    neutral: torch.Tensor
-    positive: torch.Tensor
-    negative: torch.Tensor
-    layers: tuple[int, ...]
-
-
-def capture_demos(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    demos: Sequence[Demonstration],
-    *,
-    layers: Sequence[int],
-    neutral: str = "generate",
-    site: str = "residual",
-    token: str = "last",
-    batch_size: int = 8,
-    layer_path: str | None = None,
-    progress: bool = False,
-) -> DemoActivations:
-    """Neutral, positive and negative activations of the demonstrations."""
-    prompts = [d.prompt for d in demos]
-    neutral_texts = neutral_answers(
-        model, tokenizer, demos, neutral, batch_size=batch_size, progress=progress
-    )
-    options = {
-        "layers": layers,
-        "site": site,
-        "token": token,
-        "batch_size": batch_size,
-        "layer_path": layer_path,
-    }
-    answers = {
-        "neutral": neutral_texts,
-        "positive": [answer_text(d.positive) for d in demos],
-        "negative": [answer_text(d.negative) for d in demos],
-    }
-    captured = {
-        kind: capture(
-            model,
-            tokenizer,
-            prompts,
-            texts,
-            **options,
-            progress=f"{kind} activations" if progress else False,
-        )
-        for kind, texts in answers.items()
-    }
-    return DemoActivations(**captured, layers=tuple(layers))

@@ -1,46 +1,124 @@
-"""What every editor (SEA and the baselines) shares: checking it fits a model, and
-applying a per-layer edit through the one hook machinery, persistently or in a block."""
+"""What every editor (SEA and the baselines) offers, and the implementation they share.
+
+:class:`Editor` is the protocol: a frozen editor fitted for a model of ``hidden_size``
+and ``num_layers`` (decoder layers found at ``layer_path``), with a strength ``alpha``
+(0 = the unedited model), that edits a model through forward hooks (``attach`` until the
+handle is removed, or ``apply`` for a ``with`` block) and is stored in one file of its
+class's :class:`~spectral_edit.editors.file_format.EditorFormat`.
+
+:class:`EditorBase` implements the shared part for frozen editor dataclasses (checking
+the model, applying, saving and loading); :class:`SiteEditor` adds the per-layer edit of
+the activation at a decoder layer's :class:`~spectral_edit.core.options.Site`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
 
+from ..core.options import Site
 from ..hf.hooks import HookFn, HookHandle, HookSite, add_hooks
 from ..hf.layers import site_modules
-from .file_format import check_fits
+from .file_format import (
+    EditorFileError,
+    EditorFormat,
+    check_fits,
+    read_editor_file,
+    write_editor_file,
+)
+
+K = TypeVar("K", bound=Hashable)
+"""The key of a module mapping (a layer index, a module name), passed back to hooks."""
+
+
+@runtime_checkable
+class Editor(Protocol):
+    """Any editor this library fits, saves and loads."""
+
+    FORMAT: ClassVar[EditorFormat]
+    """The class's file format (its ``name`` identifies the kind in a file's header)."""
+
+    @property
+    def hidden_size(self) -> int:
+        """The width ``d`` of the model the editor was fitted for."""
+        ...
+
+    @property
+    def num_layers(self) -> int:
+        """The decoder layer count of that model."""
+        ...
+
+    @property
+    def alpha(self) -> float:
+        """The edit strength; ``0`` leaves the model unedited."""
+        ...
+
+    @property
+    def layer_path(self) -> str | None:
+        """Module path of the decoder layers (``None``: found automatically)."""
+        ...
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """What the fit recorded (JSON-able)."""
+        ...
+
+    def with_options(self, *, alpha: float | None = None) -> Self:
+        """A copy with another strength (editors may accept more options)."""
+        ...
+
+    def attach(self, model: nn.Module) -> HookHandle:
+        """Edit ``model`` until ``handle.remove()`` (or the end of ``with handle:``)."""
+        ...
+
+    def apply(self, model: nn.Module) -> AbstractContextManager[nn.Module]:
+        """``with editor.apply(model): ...`` edits the model inside the block only."""
+        ...
+
+    def save(self, path: str | Path) -> Path:
+        """Write the editor to one ``.safetensors`` file, atomically."""
+        ...
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Self:
+        """Read and validate an editor file (and, with ``model``, that it fits)."""
+        ...
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`~spectral_edit.editors.file_format.EditorFileError` unless the
+        editor fits ``model``."""
+        ...
 
 
 class EditorBase:
-    """Mixin for frozen editor dataclasses with ``hidden_size``, ``num_layers``, ``site``
-    and ``layer_path`` fields; subclasses implement :meth:`attach` with :meth:`_hook`."""
+    """Mixin for frozen editor dataclasses with ``hidden_size``, ``num_layers``, ``alpha``,
+    ``layer_path`` and ``metadata`` fields and a class-level :attr:`FORMAT`; subclasses
+    implement ``with_options`` and :meth:`attach` (with :meth:`_hook_modules`)."""
 
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+    FORMAT: ClassVar[EditorFormat]
     hidden_size: int
     num_layers: int
-    site: str
+    alpha: float
     layer_path: str | None
+    metadata: Mapping[str, Any]
 
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`EditorFileError` if the editor does not fit ``model``."""
         check_fits(model, self.hidden_size, self.num_layers, self.layer_path)
 
-    def _hook(
-        self,
-        model: nn.Module,
-        layers: Sequence[int],
-        edit: Callable[[int, torch.Tensor], torch.Tensor],
-    ) -> HookHandle:
-        """Check the model, then apply ``edit(layer, hidden)`` at each layer's site."""
-        self.check_model(model)
-        return add_hooks(site_modules(model, layers, self.site, self.layer_path), edit)
-
     def _hook_modules(
         self,
         model: nn.Module,
-        modules: Callable[[], Mapping[Hashable, nn.Module]],
+        modules: Callable[[], Mapping[K, nn.Module]],
         fn: HookFn,
         *,
         on: HookSite = "output",
@@ -59,3 +137,64 @@ class EditorBase:
         hooks are removed on exit, also after an exception."""
         with self.attach(model):
             yield model
+
+    def save(self, path: str | Path) -> Path:
+        """Write the editor to one ``.safetensors`` file in its :attr:`FORMAT`, atomically."""
+        tensors, header = self.FORMAT.encode(self)
+        return write_editor_file(path, tensors, header)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Self:
+        """Read, decode and validate an editor file of this kind; with ``model``, also check
+        that the editor fits it (:meth:`check_model`).
+
+        Raises:
+            EditorFileError: naming the file, for any failure (unreadable, another kind or
+                version, corrupted, missing or malformed fields, an invalid editor, or one
+                that does not fit ``model``).
+        """
+        path = Path(path)
+        fmt = cls.FORMAT
+        header, tensors = read_editor_file(path, fmt.name, fmt.version, fmt.required)
+        try:
+            editor = cls(**fmt.decode(cls, header, tensors))
+            if model is not None:
+                editor.check_model(model)
+        except (ValueError, TypeError, KeyError) as error:  # EditorFileError is a ValueError
+            raise EditorFileError(f"{path}: {error}") from error
+        return editor
+
+
+def check_alpha(alpha: float) -> None:
+    """Raise ``ValueError`` unless the strength ``alpha`` is finite."""
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha {alpha} is not finite")
+
+
+class SiteEditor(EditorBase):
+    """Mixin for editors that edit the activation at the ``site`` of each of their
+    ``layers`` (SEA, mean difference, PCA vector, LEACE)."""
+
+    layers: tuple[int, ...]
+    site: Site
+
+    def _check_layers(self) -> None:
+        """Parse ``site`` into a :class:`Site` and check the layers are distinct and in
+        range; ``ValueError`` otherwise (call from ``__post_init__``)."""
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"duplicate layers in {tuple(self.layers)}")
+        for layer in self.layers:
+            if not 0 <= layer < self.num_layers:
+                raise ValueError(f"layer {layer} out of range for {self.num_layers} layers")
+        object.__setattr__(self, "site", Site.parse(self.site, "site"))
+
+    def _hook(
+        self,
+        model: nn.Module,
+        layers: Sequence[int],
+        edit: Callable[[int, torch.Tensor], torch.Tensor],
+    ) -> HookHandle:
+        """Check the model, then apply ``edit(layer, hidden)`` at each layer's site."""
+        return self._hook_modules(
+            model, lambda: site_modules(model, layers, self.site, self.layer_path), edit
+        )

@@ -1,12 +1,26 @@
-"""One file format for every editor: a ``.safetensors`` file of tensors whose metadata key
-``spectral_edit`` holds a JSON header with ``format``, ``format_version`` and
-``content_sha256`` (over the header and the tensors). Written atomically, read with
-validation; only safetensors and JSON are ever parsed."""
+"""One file format for every editor, with one header codec.
+
+A file is a ``.safetensors`` file of float32 tensors whose metadata key ``spectral_edit``
+holds a JSON header: ``format`` and ``format_version`` first, then the editor's header
+fields, then ``content_sha256`` (over the header without it and the tensors). Written
+atomically, read with validation; only safetensors and JSON are ever parsed.
+
+Each editor class declares its :class:`EditorFormat`: the name and version, which of its
+dataclass fields go in the header (in file order; a header field is read back as the type
+its annotation names, lists becoming tuples) and how its tensor fields are named in the
+file (:class:`TensorField`). :meth:`EditorFormat.encode` and :meth:`EditorFormat.decode`
+are the one codec of every kind of editor (``EditorBase.save`` / ``EditorBase.load`` use
+them); every failure to read a file is an :class:`EditorFileError` naming the file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,10 +56,15 @@ def content_hash(tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any])
 def write_editor_file(
     path: str | Path, tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]
 ) -> Path:
-    """Write tensors (stored as float32 on the CPU) and the header, atomically."""
+    """Write tensors (stored as float32 on the CPU) and the header, atomically.
+
+    The header is stored as JSON (tuples become lists, string enums strings, mapping keys
+    strings); the hash is taken of that JSON form, so it is the one a reader recomputes.
+    """
     path = Path(path)
     stored = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    full = {**header, "content_sha256": content_hash(stored, header)}
+    plain = json.loads(json.dumps(dict(header), default=_json_default))
+    full = {**plain, "content_sha256": content_hash(stored, plain)}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(stored, str(tmp), metadata={METADATA_KEY: json.dumps(full)})
@@ -119,3 +138,131 @@ def check_fits(model: nn.Module, hidden_size: int, num_layers: int, layer_path: 
         raise EditorFileError(
             f"editor is for a model with {num_layers} layers, this one has {blocks}"
         )
+
+
+# ----------------------------------------------------------------------- the codec
+EDITOR_FIELDS = ("hidden_size", "num_layers", "alpha", "layer_path", "metadata")
+"""Header fields every editor has, in the order the baselines write them last."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorField:
+    """How an editor's tensor field is named in its file.
+
+    ``field`` holds one tensor, stored under ``name`` (``per`` is ``None``), or a tuple
+    of tensors, one per entry of the header field ``per`` (e.g. ``layers``), stored under
+    ``name.format(entry)`` (e.g. ``"layer.{}.pos"`` → ``layer.3.pos``).
+    """
+
+    field: str
+    name: str
+    per: str | None = None
+
+    def names(self, entries: Any) -> list[str]:
+        """The file names of the tensors for ``entries`` (the ``per`` field's value)."""
+        return [self.name] if self.per is None else [self.name.format(e) for e in entries]
+
+
+@dataclasses.dataclass(frozen=True)
+class EditorFormat:
+    """The file format of one editor class.
+
+    Attributes:
+        name, version: written as ``format`` / ``format_version``; a reader accepts only
+            this name and version.
+        header: the attributes written to the header, in file order; each is read back
+            into the constructor argument of that name, as the type its annotation names.
+        tensors: the tensor fields and their names in the file (exactly these tensors).
+        optional: header fields a file may lack (the field's default is used).
+        written_only: header entries written for readers of the file (e.g. a derived
+            property) but not read back.
+    """
+
+    name: str
+    version: int
+    header: tuple[str, ...]
+    tensors: tuple[TensorField, ...]
+    optional: tuple[str, ...] = ("layer_path", "metadata")
+    written_only: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The header fields every file of this format has."""
+        skip = {*self.optional, *self.written_only}
+        return tuple(key for key in self.header if key not in skip)
+
+    def encode(self, editor: object) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``(tensors, header)`` of ``editor``; the header starts with the format."""
+        header: dict[str, Any] = {"format": self.name, "format_version": self.version}
+        header.update({key: getattr(editor, key) for key in self.header})
+        tensors: dict[str, torch.Tensor] = {}
+        for spec in self.tensors:
+            value = getattr(editor, spec.field)
+            if spec.per is None:
+                tensors[spec.name] = value
+            else:
+                tensors.update(zip(spec.names(getattr(editor, spec.per)), value, strict=True))
+        return tensors, header
+
+    def decode(
+        self, cls: type, header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """Constructor arguments of ``cls`` from a file's header and tensors.
+
+        Raises:
+            EditorFileError: the tensors are not exactly the ones the header names.
+            ValueError, TypeError: a header value is not of its field's type.
+        """
+        types_ = _field_types(cls)
+        fields: dict[str, Any] = {}
+        for key in self.header:
+            if key in header and key not in self.written_only:
+                try:
+                    fields[key] = _from_json(header[key], types_[key])
+                except (TypeError, ValueError) as error:
+                    raise type(error)(f"header field {key!r}: {error}") from error
+        names = {spec: spec.names(fields[spec.per] if spec.per else ()) for spec in self.tensors}
+        expected = {name for group in names.values() for name in group}
+        if set(tensors) != expected:
+            raise EditorFileError(
+                f"tensors {sorted(tensors)} do not match the expected {sorted(expected)}"
+            )
+        for spec, group in names.items():
+            found = tuple(tensors[name] for name in group)
+            fields[spec.field] = found if spec.per is not None else found[0]
+        return fields
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _from_json(value: Any, hint: Any) -> Any:
+    """A header value parsed from JSON, as the type ``hint`` of its field: lists become
+    tuples (``tuple[int, ...]``, ``tuple[tuple[int, int], ...]``), numbers ``int`` or
+    ``float``; ``None``, strings (enums included: the editor parses them) and mappings
+    pass as they are."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _from_json(value, next(arg for arg in args if arg is not type(None)))
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(item, args[0]) for item in value)
+        if len(value) != len(args):
+            raise ValueError(f"expected {len(args)} items, got {value!r}")
+        return tuple(_from_json(item, arg) for item, arg in zip(value, args, strict=True))
+    if hint in (int, float):
+        return hint(value)
+    return value
+
+
+def _json_default(value: object) -> Any:
+    """JSON form of header values ``json`` does not know: mappings become objects."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

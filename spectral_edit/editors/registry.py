@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
+from .base import Editor
+from .baselines.iti import ITIEditor
+from .baselines.leace import LeaceEditor
+from .baselines.lora import LoRAEditor
+from .baselines.mean_diff import MeanDifferenceEditor
+from .baselines.pca_vector import PCAVectorEditor
 from .file_format import EditorFileError, read_format
+from .sea import SpectralEditor
+
+EDITOR_CLASSES: tuple[type[Editor], ...] = (
+    SpectralEditor,
+    ITIEditor,
+    LeaceEditor,
+    LoRAEditor,
+    MeanDifferenceEditor,
+    PCAVectorEditor,
+)
+"""Every editor class this library can save and load."""
 
 
-def editor_classes() -> dict[str, Any]:
+def editor_classes() -> dict[str, type[Editor]]:
     """Format name → editor class, for every editor this library can save."""
-    from .baselines import iti, leace, lora, mean_diff, pca_vector
-    from .sea import FORMAT_NAME, SpectralEditor
-
-    return {
-        FORMAT_NAME: SpectralEditor,
-        iti.FORMAT_NAME: iti.ITIEditor,
-        leace.FORMAT_NAME: leace.LeaceEditor,
-        lora.FORMAT_NAME: lora.LoRAEditor,
-        mean_diff.FORMAT_NAME: mean_diff.MeanDifferenceEditor,
-        pca_vector.FORMAT_NAME: pca_vector.PCAVectorEditor,
-    }
+    return {cls.FORMAT.name: cls for cls in EDITOR_CLASSES}
 
 
-def load_editor(path: str | Path, model: nn.Module | None = None) -> Any:
+def load_editor(path: str | Path, model: nn.Module | None = None) -> Editor:
     """Read, validate and return the editor in ``path`` (checked against ``model`` if
     given), whatever its kind.
 

@@ -1,16 +1,11 @@
-"""Streaming fitter: float64 sums per layer → :class:`SpectralEditor`.
+"""Streaming fitter: the core statistics per layer → :class:`SpectralEditor`.
 
-For each layer the fitter keeps ``Σ φ(h) φ(h+)^T`` and ``Σ φ(h) φ(h-)^T`` ``(d, d)``,
-the sums ``Σ φ(h)``, ``Σ φ(h+)``, ``Σ φ(h-)`` ``(d,)`` and the count ``N``; everything the
-(centred or uncentred) cross-covariances and the layer signature need. Sums add, so any
-split of the data into batches (or processes) gives the same editor up to round-off.
-
-While ``N < d`` it also keeps the activations themselves and takes the SVD on
-``N``-dimensional factors (method.md, "thin" route): with ``X`` the ``(N, d)`` neutral
-features (centred if asked) and ``X^T = Q R`` (thin QR), ``Ω± = X^T Y± / N = Q (R Y± / N)``,
-so the SVD ``R Y± / N = W S V^T`` of an ``(N, d)`` matrix gives ``U± = Q W`` and the same
-singular values as the ``(d, d)`` SVD: ``O(d N^2)`` instead of ``O(d^3)`` work. The
-subspaces (hence the projections and the editor) are the same as the dense route's.
+:class:`SpectralFitter` is :class:`~spectral_edit.core.statistics.SpectralStatistics`
+(float64 sums, the dense and thin SVD routes, the Φ-SEA clipping counts) plus the model's
+layer count and :meth:`~SpectralFitter.fit`, which keeps for each layer the top ``k+`` /
+``k-`` left singular vectors of Ω± as the editor's ``(d, k)`` factors. Sums add, so any
+split of the data into batches (or processes) gives the same editor up to round-off, and
+the thin route gives the same subspaces (hence the same editor) as the dense one.
 """
 
 from __future__ import annotations
@@ -19,42 +14,27 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..core.features import get_feature_map, rms_scale
-from ..core.spectral import MERGES, energy_fractions, rank_for_energy
+from ..core.options import Feature, Merge, Site, SvdRoute
+from ..core.spectral import choose_rank, energy_fractions
+from ..core.statistics import ArrayLike, SpectralStatistics, as_activations
 from .sea import SpectralEditor
 
-ArrayLike = torch.Tensor | np.ndarray
-SVD_ROUTES = ("auto", "dense", "thin")
-"""``dense``: SVD of the ``(d, d)`` cross-covariances; ``thin``: SVD of ``N``-dimensional
-factors of the kept activations; ``auto``: thin while fewer than ``d`` demonstrations."""
 
-
-def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    if tensor.ndim != 3:
-        raise ValueError(f"{name} must have shape (N, layers, d), got {tuple(tensor.shape)}")
-    if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {tensor.dtype}")
-    return tensor.detach()
-
-
-class SpectralFitter:
-    """Accumulates the statistics of SEA for ``layers`` of a model with hidden size ``d``.
+class SpectralFitter(SpectralStatistics):
+    """Accumulates the statistics of SEA for ``layers`` of a model with hidden size ``d``
+    and fits a :class:`SpectralEditor` from them.
 
     Args:
         layers: the L model-layer indices the activations belong to (in array order).
         hidden_size: ``d``.
         num_layers: the model's decoder layer count (stored in the editor for checks).
-        centered: subtract per-feature sample means (over samples) from each set.
-        feature: Φ-SEA feature map name (``linear`` = plain SEA).
-        feature_scales: per-layer scale ``s`` (L floats); required for non-linear maps
-            (``fit_from_arrays`` defaults it to each layer's neutral RMS).
-        svd: one of :data:`SVD_ROUTES`. The thin route keeps the raw activations
-            (``3 N L d`` values in their own dtype) besides the sums; ``auto`` drops them
-            as soon as ``N`` reaches ``d``, where the dense SVD is as cheap.
+        centered, feature, feature_scales, device, svd: as for
+            :class:`~spectral_edit.core.statistics.SpectralStatistics` (``feature_scales``
+            is required for non-linear maps; ``fit_from_arrays`` defaults it to each
+            layer's neutral RMS).
     """
 
     def __init__(
@@ -64,150 +44,21 @@ class SpectralFitter:
         num_layers: int,
         *,
         centered: bool = False,
-        feature: str = "linear",
+        feature: Feature | str = Feature.LINEAR,
         feature_scales: Sequence[float] | None = None,
         device: torch.device | str = "cpu",
-        svd: str = "auto",
+        svd: SvdRoute | str = SvdRoute.AUTO,
     ) -> None:
-        if svd not in SVD_ROUTES:
-            raise ValueError(f"svd must be one of {SVD_ROUTES}, not {svd!r}")
-        self.svd = svd
-        self.layers = tuple(int(i) for i in layers)
-        self.hidden_size = int(hidden_size)
+        super().__init__(
+            layers,
+            hidden_size,
+            centered=centered,
+            feature=feature,
+            feature_scales=feature_scales,
+            device=device,
+            svd=svd,
+        )
         self.num_layers = int(num_layers)
-        self.centered = centered
-        self.feature = get_feature_map(feature)
-        if not self.feature.is_identity:
-            if feature_scales is None or len(feature_scales) != len(self.layers):
-                raise ValueError(f"feature {feature!r} needs one scale per layer")
-            self.feature_scales: tuple[float, ...] | None = tuple(float(s) for s in feature_scales)
-        else:
-            self.feature_scales = None
-        shape = (len(self.layers), self.hidden_size)
-        opts = {"dtype": torch.float64, "device": device}
-        self.count = 0
-        self.cross_pos = torch.zeros(*shape, self.hidden_size, **opts)
-        self.cross_neg = torch.zeros(*shape, self.hidden_size, **opts)
-        self.sum_neutral = torch.zeros(shape, **opts)
-        self.sum_pos = torch.zeros(shape, **opts)
-        self.sum_neg = torch.zeros(shape, **opts)
-        # per layer: neutral coordinates whose feature-map round trip is lossy (Φ-SEA)
-        self.clipped_count = torch.zeros(len(self.layers), dtype=torch.int64, device=device)
-        self._spectra: dict[str, list[tuple[torch.Tensor, ...]]] = {}  # route → spectra
-        # raw (neutral, positive, negative) batches for the thin route; None once dropped
-        self._samples: list[tuple[torch.Tensor, ...]] | None = [] if svd != "dense" else None
-
-    def _scales(self) -> torch.Tensor:
-        """The Φ-SEA scales as ``(1, L, 1)`` float64 on the fitter's device."""
-        assert self.feature_scales is not None
-        scales = torch.tensor(
-            self.feature_scales, dtype=torch.float64, device=self.cross_pos.device
-        )
-        return scales[None, :, None]
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device=self.cross_pos.device, dtype=torch.float64)
-        if self.feature_scales is None:
-            return x
-        return self.feature.forward(x, self._scales())
-
-    @torch.no_grad()
-    def update(self, neutral: ArrayLike, positive: ArrayLike, negative: ArrayLike) -> None:
-        """Add a batch; each array is ``(B, L, d)`` (torch or numpy), rows aligned."""
-        h, hp, hn = (
-            _as_tensor(x, name)
-            for x, name in ((neutral, "neutral"), (positive, "positive"), (negative, "negative"))
-        )
-        expected = (h.shape[0], len(self.layers), self.hidden_size)
-        for x, name in ((h, "neutral"), (hp, "positive"), (hn, "negative")):
-            if tuple(x.shape) != expected:
-                raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {expected}")
-        if self._samples is not None:
-            if self.svd == "auto" and self.count + h.shape[0] >= self.hidden_size:
-                self._samples = None
-            else:
-                device = self.cross_pos.device
-                self._samples.append(tuple(x.to(device, copy=True) for x in (h, hp, hn)))
-        if self.feature_scales is not None:
-            scaled = h.to(self.cross_pos.device, torch.float64) / self._scales()
-            self.clipped_count += self.feature.clipped(scaled).sum((0, 2))
-        h, hp, hn = self._features(h), self._features(hp), self._features(hn)
-        self.cross_pos += torch.einsum("nli,nlj->lij", h, hp)
-        self.cross_neg += torch.einsum("nli,nlj->lij", h, hn)
-        self.sum_neutral += h.sum(0)
-        self.sum_pos += hp.sum(0)
-        self.sum_neg += hn.sum(0)
-        self.count += h.shape[0]
-        self._spectra.clear()
-
-    def covariances(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Ω+, Ω-)``, each ``(L, d, d)`` float64 (centred if the fitter is)."""
-        if self.count == 0:
-            raise ValueError("no demonstrations were added to the fitter")
-        n = self.count
-        omega_pos = self.cross_pos / n
-        omega_neg = self.cross_neg / n
-        if self.centered:
-            mean = self.sum_neutral / n
-            omega_pos = omega_pos - torch.einsum("li,lj->lij", mean, self.sum_pos / n)
-            omega_neg = omega_neg - torch.einsum("li,lj->lij", mean, self.sum_neg / n)
-        return omega_pos, omega_neg
-
-    def signatures(self) -> torch.Tensor:
-        """Per-layer signature ``(L,)``: nuclear norm of ``A = X Z^T / 2N`` (method.md)."""
-        a = torch.stack([self.sum_pos, self.sum_neg], dim=-1) / (2 * self.count)
-        return torch.linalg.svdvals(a).sum(-1)
-
-    @property
-    def svd_route(self) -> str:
-        """The route :meth:`spectra` takes now: ``thin`` while activations are kept."""
-        return "thin" if self._samples is not None else "dense"
-
-    def spectra(
-        self, route: str | None = None
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per layer ``(U+, s+, U-, s-)``: left singular vectors ``(d, m)`` and descending
-        singular values ``(m,)`` of Ω+ and Ω-, with ``m = d`` on the dense route and
-        ``m = min(N, d)`` on the thin one (the other singular values are zero); computed
-        once per route until the next ``update``. ``route``: default :attr:`svd_route`."""
-        route = route or self.svd_route
-        if route == "thin" and self._samples is None:
-            raise ValueError("the thin SVD route needs the activations, which were not kept")
-        if self.count == 0:
-            raise ValueError("no demonstrations were added to the fitter")
-        if route not in self._spectra:
-            self._spectra[route] = (
-                self._thin_spectra() if route == "thin" else self._dense_spectra()
-            )
-        return self._spectra[route]
-
-    def _dense_spectra(self) -> list[tuple[torch.Tensor, ...]]:
-        omega_pos, omega_neg = self.covariances()
-        spectra = []
-        for index in range(len(self.layers)):
-            u_pos, s_pos, _ = torch.linalg.svd(omega_pos[index])
-            u_neg, s_neg, _ = torch.linalg.svd(omega_neg[index])
-            spectra.append((u_pos, s_pos, u_neg, s_neg))
-        return spectra
-
-    def _thin_spectra(self) -> list[tuple[torch.Tensor, ...]]:
-        assert self._samples is not None
-        h, hp, hn = (self._features(torch.cat(parts)) for parts in zip(*self._samples, strict=True))
-        n = self.count
-        spectra = []
-        for index in range(len(self.layers)):
-            x, yp, yn = h[:, index], hp[:, index], hn[:, index]
-            if self.centered:
-                # centring x alone centres the product: (x - 1 x̄)ᵀ 1 = 0, so
-                # (x - 1 x̄)ᵀ (y - 1 ȳ) = (x - 1 x̄)ᵀ y
-                x = x - x.mean(0)
-            q, r = torch.linalg.qr(x.T)  # (d, m), (m, N)
-            layer = []
-            for y in (yp, yn):
-                w, s, _ = torch.linalg.svd(r @ y / n, full_matrices=False)  # (m, m), (m,)
-                layer += [q @ w, s]
-            spectra.append(tuple(layer))
-        return spectra
 
     def fit(
         self,
@@ -217,8 +68,8 @@ class SpectralFitter:
         pos_rank: int | None = None,
         neg_rank: int | None = None,
         edit_layers: Sequence[int] | None = None,
-        site: str = "residual",
-        merge: str = "norm",
+        site: Site | str = Site.RESIDUAL,
+        merge: Merge | str = Merge.NORM,
         alpha: float = 1.0,
         layer_path: str | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -226,20 +77,21 @@ class SpectralFitter:
         """SVD each layer's Ω± and keep the top ``k+`` / ``k-`` left singular vectors.
 
         Ranks come from energy ratios unless ``pos_rank``/``neg_rank`` fix them.
+        ``metadata["layer_stats"]`` records per layer the ranks, the energy of the top
+        direction and of the kept ones, the signature and (Φ-SEA) the clipped share.
         """
-        if merge not in MERGES:
-            raise ValueError(f"merge must be one of {MERGES}, not {merge!r}")
+        merge = Merge.parse(merge, "merge")
         route = self.svd_route
-        if route == "thin" and max(pos_rank or 0, neg_rank or 0) > min(
+        if route is SvdRoute.THIN and max(pos_rank or 0, neg_rank or 0) > min(
             self.count, self.hidden_size
         ):
-            route = "dense"  # ranks beyond N: directions of the null space, from the d × d SVD
+            route = SvdRoute.DENSE  # ranks beyond N: null-space directions, from the d × d SVD
         pos_factors, neg_factors, stats = [], [], []
         for layer, (u_pos, s_pos, u_neg, s_neg) in zip(
             self.layers, self.spectra(route), strict=True
         ):
-            k_pos = _rank(s_pos, pos_ratio, pos_rank, "pos_rank")
-            k_neg = _rank(s_neg, neg_ratio, neg_rank, "neg_rank")
+            k_pos = choose_rank(s_pos, pos_ratio, pos_rank, "pos_rank")
+            k_neg = choose_rank(s_neg, neg_ratio, neg_rank, "neg_rank")
             pos_factors.append(u_pos[:, :k_pos].float().cpu().contiguous())
             neg_factors.append(u_neg[:, :k_neg].float().cpu().contiguous())
             e_pos, e_neg = energy_fractions(s_pos), energy_fractions(s_neg)
@@ -254,23 +106,12 @@ class SpectralFitter:
                     "neg_energy_kept": float(e_neg[k_neg - 1]),
                 }
             )
-        signatures = self.signatures()
-        clipped = (self.clipped_count.double() / (self.count * self.hidden_size)).tolist()
-        for entry, value, share in zip(stats, signatures.tolist(), clipped, strict=True):
+        clipped = self.clipped_shares()
+        for entry, value, share in zip(stats, self.signatures().tolist(), clipped, strict=True):
             entry["signature"] = value
             if self.feature_scales is not None:
                 entry["clipped_share"] = share
-        if any(share > 0 for share in clipped):
-            worst = max(range(len(clipped)), key=clipped.__getitem__)
-            warnings.warn(
-                f"feature map {self.feature.name!r}: {clipped[worst]:.3%} of the neutral "
-                f"activation coordinates of layer {self.layers[worst]} (scale "
-                f"{self.feature_scales[worst]:.4g}) lie where the float32 round trip "
-                "φ⁻¹(φ(h)) is lossy, so every edited token changes there whatever the "
-                "projections; pass larger feature_scales (sea fit --feature-scales) or use "
-                "elu or linear. Per-layer shares: the editor's layer_stats 'clipped_share'.",
-                stacklevel=2,
-            )
+        self._warn_clipped(clipped)
         info = {
             "n_demonstrations": self.count,
             "centered": self.centered,
@@ -286,7 +127,7 @@ class SpectralFitter:
             neg_factors=tuple(neg_factors),
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
-            site=site,
+            site=Site.parse(site, "site"),
             merge=merge,
             alpha=alpha,
             feature=self.feature.name,
@@ -296,18 +137,26 @@ class SpectralFitter:
             metadata=info,
         )
 
-
-def _rank(singular_values: torch.Tensor, ratio: float, rank: int | None, name: str) -> int:
-    if rank is None:
-        return rank_for_energy(singular_values, ratio)
-    if not 1 <= rank <= singular_values.numel():
-        raise ValueError(f"{name} must be in 1..{singular_values.numel()}, got {rank}")
-    return int(rank)
+    def _warn_clipped(self, clipped: Sequence[float]) -> None:
+        """Warn if the feature map's float32 round trip is lossy for some neutral
+        coordinates (``clipped``: the share per layer, see :meth:`clipped_shares`)."""
+        if self.feature_scales is None or not any(share > 0 for share in clipped):
+            return
+        worst = max(range(len(clipped)), key=clipped.__getitem__)
+        warnings.warn(
+            f"feature map {str(self.feature.name)!r}: {clipped[worst]:.3%} of the neutral "
+            f"activation coordinates of layer {self.layers[worst]} (scale "
+            f"{self.feature_scales[worst]:.4g}) lie where the float32 round trip "
+            "φ⁻¹(φ(h)) is lossy, so every edited token changes there whatever the "
+            "projections; pass larger feature_scales (sea fit --feature-scales) or use "
+            "elu or linear. Per-layer shares: the editor's layer_stats 'clipped_share'.",
+            stacklevel=3,
+        )
 
 
 def default_feature_scales(neutral: ArrayLike) -> list[float]:
     """Per-layer RMS of neutral activations ``(N, L, d)``: the default Φ-SEA scales."""
-    tensor = _as_tensor(neutral, "neutral")
+    tensor = as_activations(neutral, "neutral")
     return [rms_scale(tensor[:, index]) for index in range(tensor.shape[1])]
 
 
@@ -321,10 +170,10 @@ def fit_from_arrays(
     layers: Sequence[int] | None = None,
     num_layers: int | None = None,
     centered: bool = False,
-    feature: str = "linear",
+    feature: Feature | str = Feature.LINEAR,
     feature_scales: Sequence[float] | None = None,
     batch_size: int | None = None,
-    svd: str = "auto",
+    svd: SvdRoute | str = SvdRoute.AUTO,
     **fit_options: Any,
 ) -> SpectralEditor:
     """Fit an editor from activation arrays in one call.
@@ -338,14 +187,14 @@ def fit_from_arrays(
         feature: ``linear``, ``tanh``, ``elu`` or ``squared-exponential`` (Φ-SEA).
         feature_scales: per-layer scales; default the neutral activations' RMS per layer.
         batch_size: stream the arrays in batches of this size (same result).
-        svd: the SVD route (:data:`SVD_ROUTES`; the same editor either way).
+        svd: the :class:`~spectral_edit.core.options.SvdRoute` (the same editor either way).
         **fit_options: passed to :meth:`SpectralFitter.fit` (``pos_rank``, ``merge``, ...).
     """
-    h = _as_tensor(neutral, "neutral")
+    h = as_activations(neutral, "neutral")
     layer_ids = list(range(h.shape[1])) if layers is None else list(layers)
     if len(layer_ids) != h.shape[1]:
         raise ValueError(f"{len(layer_ids)} layer ids for arrays with {h.shape[1]} layers")
-    if feature != "linear" and feature_scales is None:
+    if not get_feature_map(feature).is_identity and feature_scales is None:
         feature_scales = default_feature_scales(h)
     fitter = SpectralFitter(
         layer_ids,
@@ -357,8 +206,8 @@ def fit_from_arrays(
         svd=svd,
     )
     step = batch_size or h.shape[0]
-    pos = _as_tensor(positive, "positive")
-    neg = _as_tensor(negative, "negative")
+    pos = as_activations(positive, "positive")
+    neg = as_activations(negative, "negative")
     for start in range(0, h.shape[0], step):
         fitter.update(h[start : start + step], pos[start : start + step], neg[start : start + step])
     return fitter.fit(pos_ratio=pos_ratio, neg_ratio=neg_ratio, **fit_options)

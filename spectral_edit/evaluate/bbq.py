@@ -15,7 +15,7 @@ with, so that fitting and evaluation see one format.
 
 Metrics (accuracy, unknown rate, bias score, stereotype rate; per category and overall,
 ambiguous and disambiguated separately) come from
-:func:`spectral_edit.evaluate.metrics.bbq_metrics`; the unknown and biased options from
+:func:`spectral_edit.evaluate.metrics.bbq.bbq_metrics`; the unknown and biased options from
 :func:`spectral_edit.data.bbq.unknown_index` / :func:`~spectral_edit.data.bbq.biased_index`.
 
 Held-out splits are :func:`spectral_edit.data.splits.split_bbq_items` (by template).
@@ -26,21 +26,23 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.bbq import BBQItem, biased_index, unknown_index
 from ..demos.prompts import BBQ_PROMPT_FORMAT, bbq_continuations, bbq_prompt
-from .metrics import BBQPrediction, argmax_first, bbq_metrics
+from .metrics.bbq import BBQPrediction, bbq_metrics
+from .metrics.common import argmax_first
+from .results import RecordsResult
 from .scorer import ChoiceRequest, score_requests
 
 __all__ = ["BBQResult", "evaluate_bbq"]
 
 
 @dataclass(frozen=True)
-class BBQResult:
+class BBQResult(RecordsResult):
     """Per-item records (JSON-ready dicts, input order) and the summary.
 
     ``summary`` = :func:`bbq_metrics` output (``overall`` and ``by_category``, each with
@@ -48,6 +50,7 @@ class BBQResult:
     (``"mean_logprob"``), ``prompt_format`` and ``seconds``.
     """
 
+    RECORDS: ClassVar[str] = "per_item"
     per_item: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
 

@@ -6,9 +6,9 @@ exactly as in the file (no added space). This is lm-evaluation-harness's
 ``crows_pairs_english`` protocol (context ``""``, both sentences as choices). The two
 sentences of a pair are one scorer request, so they are scored in one batch.
 
-Reported (via :func:`spectral_edit.evaluate.metrics.crows_metrics`, percent): the share of
-pairs whose ``sent_more`` scores strictly higher than ``sent_less``, overall, per
-``bias_type`` and per ``stereo_antistereo`` direction. 50% means no preference; a tie
+Reported (via :func:`spectral_edit.evaluate.metrics.crows_pairs.crows_metrics`, percent):
+the share of pairs whose ``sent_more`` scores strictly higher than ``sent_less``, overall,
+per ``bias_type`` and per ``stereo_antistereo`` direction. 50% means no preference; a tie
 counts as not preferring ``sent_more``.
 """
 
@@ -17,29 +17,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.crows_pairs import CrowsPair
-from .metrics import crows_metrics
+from .metrics.crows_pairs import crows_metrics
+from .results import RecordsResult
 from .scorer import ChoiceRequest, score_requests
 
 __all__ = ["CrowsPairsResult", "evaluate_crows_pairs"]
-
-
-@dataclass(frozen=True)
-class CrowsPairsResult:
-    """Per-pair records (JSON-ready dicts, input order) and the summary.
-
-    ``summary``: ``n``, ``overall`` and ``by_type`` from :func:`crows_metrics`
-    (``{"n", "pct_more", "n_ties"}`` each), ``by_direction`` (the same, grouped by
-    ``stereo_antistereo``) and ``seconds``.
-    """
-
-    per_pair: list[dict[str, Any]]
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate_crows_pairs(
@@ -93,3 +81,17 @@ def evaluate_crows_pairs(
         "seconds": time.perf_counter() - started,
     }
     return CrowsPairsResult(per_pair, summary)
+
+
+@dataclass(frozen=True)
+class CrowsPairsResult(RecordsResult):
+    """Per-pair records (JSON-ready dicts, input order) and the summary.
+
+    ``summary``: ``n``, ``overall`` and ``by_type`` from :func:`crows_metrics`
+    (``{"n", "pct_more", "n_ties"}`` each), ``by_direction`` (the same, grouped by
+    ``stereo_antistereo``) and ``seconds``.
+    """
+
+    RECORDS: ClassVar[str] = "per_pair"
+    per_pair: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)

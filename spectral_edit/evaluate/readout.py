@@ -29,8 +29,15 @@ from ..hf.heads import final_norm, lm_head_logits
 class Readout(Protocol):
     """What the scorer needs from a readout."""
 
-    hidden_states: tuple[int, ...]
-    name: str
+    @property
+    def hidden_states(self) -> tuple[int, ...]:
+        """The decoder layers whose states the readout reads besides the final one."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """A short name for messages (``"final"``, ``"dola"``)."""
+        ...
 
     def target_log_probs(
         self, model: nn.Module, features: torch.Tensor, targets: torch.Tensor

@@ -214,9 +214,9 @@ def _score_packed(
     """
     items = []  # (request, choice, shared, tokens, last context position, n target tokens)
     for r, request in enumerate(requests):
-        context_ids, targets = _encode_request(tokenizer, request)
+        context_ids, continuation_ids = _encode_request(tokenizer, request)
         shared, rest = prefix.split(context_ids)
-        for c, target in enumerate(targets):
+        for c, target in enumerate(continuation_ids):
             items.append((r, c, shared, rest + target, len(rest) - 1, len(target)))
     results: list[list[ContinuationScore | None]] = [
         [None] * len(request.continuations) for request in requests
@@ -238,10 +238,12 @@ def _score_packed(
             mask[row, : len(tokens)] = 1
         past, past_len = (_expand(prefix.cache, len(rows)), len(prefix.ids)) if kind else (None, 0)
         hidden, _ = run(ids, mask, past, past_len)
-        predictors, targets = [], []
+        predictors: list[torch.Tensor] = []
+        targets: list[int] = []
         for row, i in enumerate(rows):
             _, _, _, tokens, first, n = items[i]
             if first < 0:  # the context is exactly the prefix: its last state predicts
+                assert prefix.last is not None  # a shared context means a built prefix
                 predictors.append(torch.cat([prefix.last, hidden[row, : n - 1]]))
             else:
                 predictors.append(hidden[row, first : first + n])

@@ -10,22 +10,24 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.truthfulqa import QA_PRIMER, MCQuestion
 from ..demos.prompts import qa_prompt
-from .metrics import mc_scores, mean_mc
+from .metrics.multiple_choice import mc_scores, mean_mc
 from .readout import FINAL, Readout
+from .results import RecordsResult
 from .scorer import ChoiceRequest, score_requests
 
 
 @dataclass(frozen=True)
-class TruthfulQAResult:
+class TruthfulQAResult(RecordsResult):
     """Per-question records (JSON-ready dicts) and the summary (percent, n, seconds)."""
 
+    RECORDS: ClassVar[str] = "per_question"
     per_question: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -56,7 +58,7 @@ def evaluate_truthfulqa(
         readout=readout,
         progress="TruthfulQA" if progress is True else progress,
     )
-    per_question = []
+    per_question: list[dict[str, Any]] = []
     for q, answers, scores in zip(questions, answer_lists, scored, strict=True):
         by_answer = {a: s.logprob for a, s in zip(answers, scores, strict=True)}
         mc1_ll = [by_answer[a] for a in q.mc1_answers]

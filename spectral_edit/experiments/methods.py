@@ -3,29 +3,50 @@ demonstrations (capture, train), then configure cheaply for each setting of its 
 
 A configured method is an :class:`Intervention`: an editor whose hooks act on the model
 (SEA, Φ-SEA and the baselines, all through the one hook machinery) and/or a scoring
-readout (DoLa). Grids have the same size for every tuned method (the same tuning budget);
-``none`` is the unedited model.
+readout (DoLa). Grids (:mod:`spectral_edit.experiments.settings`) have the same size for
+every tuned method (the same tuning budget); ``none`` is the unedited model. Methods only
+compute: what is kept between runs (the activations, a prepared editor) is stored by the
+protocol (:mod:`spectral_edit.experiments.compare`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..demos.format import DemoActivations, Demonstration, capture_demos
-from ..editors.sea_fit import fit_from_arrays
+from ..core.options import Feature
+from ..demos.activations import DemoActivations, capture_demos
+from ..demos.format import Demonstration
+from ..editors.baselines import (
+    ITIEditor,
+    LeaceEditor,
+    LoRAEditor,
+    MeanDifferenceEditor,
+    PCAVectorEditor,
+)
 from ..evaluate.readout import FINAL, DoLaReadout, Readout, parse_premature_layers
 from ..hf.layers import find_decoder_layers, parse_layers
+from .pipeline import fit_from_activations
+from .settings import (
+    DoLaSetting,
+    ITISetting,
+    LoRASetting,
+    NoSetting,
+    PhiSeaSetting,
+    SeaSetting,
+    SteeringSetting,
+    grid,
+)
 
-Setting = Mapping[str, Any]
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,8 @@ class Intervention:
 @dataclass
 class FitContext:
     """The model, the demonstrations and what several methods share: the demonstrations'
-    last-token residual activations at every layer, captured once on first use."""
+    last-token residual activations at every layer, ``captured`` on first use (or given
+    by the caller, who stored them earlier; ``capture_seconds`` is then the stored time)."""
 
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -59,10 +81,8 @@ class FitContext:
     layer_path: str | None = None
     seed: int = 0
     progress: bool = False
-    activations_loader: Callable[[], tuple[DemoActivations, float] | None] | None = None
-    activations_saver: Callable[[DemoActivations, float], None] | None = None
+    captured: DemoActivations | None = None
     capture_seconds: float = 0.0
-    _activations: DemoActivations | None = field(default=None, repr=False)
 
     @property
     def num_layers(self) -> int:
@@ -77,13 +97,9 @@ class FitContext:
 
     def activations(self) -> DemoActivations:
         """``(N, L_all, d)`` neutral/positive/negative activations at every layer."""
-        if self._activations is None and self.activations_loader is not None:
-            loaded = self.activations_loader()
-            if loaded is not None:
-                self._activations, self.capture_seconds = loaded
-        if self._activations is None:
+        if self.captured is None:
             started = time.perf_counter()
-            self._activations = capture_demos(
+            self.captured = capture_demos(
                 self.model,
                 self.tokenizer,
                 self.demos,
@@ -94,89 +110,83 @@ class FitContext:
                 progress=self.progress,
             )
             self.capture_seconds = time.perf_counter() - started
-            if self.activations_saver is not None:
-                self.activations_saver(self._activations, self.capture_seconds)
-        return self._activations
+        return self.captured
 
-    def arrays(self, spec: str) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Layer ids of ``spec`` and the (neutral, positive, negative) ``(N, L, d)`` slices."""
+    def subset(self, spec: str) -> DemoActivations:
+        """The activations at the layers of ``spec``: ``(N, L, d)`` each."""
         layers = self.layers(spec)
         acts = self.activations()
         index = [acts.layers.index(layer) for layer in layers]
-        return layers, acts.neutral[:, index], acts.positive[:, index], acts.negative[:, index]
+        return DemoActivations(
+            acts.neutral[:, index], acts.positive[:, index], acts.negative[:, index], tuple(layers)
+        )
+
+    def arrays(self, spec: str) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer ids of ``spec`` and the (neutral, positive, negative) ``(N, L, d)`` slices."""
+        acts = self.subset(spec)
+        return list(acts.layers), acts.neutral, acts.positive, acts.negative
 
 
 @dataclass(frozen=True)
-class MethodSpec:
+class MethodSpec(Generic[S]):
     """``prepare(ctx)`` does the expensive work once; ``configure(state, setting, ctx)``
     turns it into an :class:`Intervention` for one setting of ``grid``. Where the prepared
-    state is an editor (``state.save(path)``), ``load_state(path)`` reads it back, so a
-    resumed comparison does not prepare (e.g. train) again."""
+    state is an editor (``state.save(path)``), ``load_state(path)`` reads it back, so that
+    the protocol can store it and a resumed comparison does not prepare (e.g. train)
+    again. ``uses_activations``: configuring reads the shared activations."""
 
     name: str
     description: str
-    grid: tuple[Setting, ...]
+    grid: tuple[S, ...]
     prepare: Callable[[FitContext], Any]
-    configure: Callable[[Any, Setting, FitContext], Intervention]
+    configure: Callable[[Any, S, FitContext], Intervention]
     uses_activations: bool = False
     load_state: Callable[[Path], Any] | None = None
-
-
-def _grid(**axes: Sequence[Any]) -> tuple[dict[str, Any], ...]:
-    """The Cartesian product of named axes, in order (first axis slowest)."""
-    settings: list[dict[str, Any]] = [{}]
-    for name, values in axes.items():
-        settings = [{**s, name: v} for s in settings for v in values]
-    return tuple(settings)
 
 
 def _nothing(ctx: FitContext) -> None:
     return None
 
 
-def _sea(state: None, setting: Setting, ctx: FitContext) -> Intervention:
-    layers, neutral, positive, negative = ctx.arrays(setting["layers"])
-    editor = fit_from_arrays(
-        neutral,
-        positive,
-        negative,
-        layers=layers,
-        num_layers=ctx.num_layers,
-        pos_ratio=setting.get("ratio", 0.99),
-        neg_ratio=setting.get("ratio", 0.99),
-        centered=True,
-        feature=setting.get("feature", "linear"),
-        layer_path=ctx.layer_path,
-    )
-    return Intervention(editor)
+def _unedited(state: None, setting: NoSetting, ctx: FitContext) -> Intervention:
+    return Intervention()
 
 
-def _steering(cls_name: str) -> Callable[[None, Setting, FitContext], Intervention]:
-    def configure(state: None, setting: Setting, ctx: FitContext) -> Intervention:
-        from ..editors import baselines
+def _sea(state: None, setting: SeaSetting | PhiSeaSetting, ctx: FitContext) -> Intervention:
+    options = setting.options().replace(layer_path=ctx.layer_path)
+    return Intervention(fit_from_activations(ctx.subset(setting.layers), ctx.num_layers, options))
 
-        layers, _, positive, negative = ctx.arrays(setting["layers"])
-        editor = getattr(baselines, cls_name).fit(
+
+SteeringEditor = type[MeanDifferenceEditor] | type[PCAVectorEditor] | type[LeaceEditor]
+
+
+def _steering(
+    name: str, description: str, editor: SteeringEditor, alphas: tuple[float, float]
+) -> MethodSpec[SteeringSetting]:
+    """A vector method: ``editor.fit`` on the positive/negative activations per setting."""
+
+    def configure(state: None, setting: SteeringSetting, ctx: FitContext) -> Intervention:
+        layers, _, positive, negative = ctx.arrays(setting.layers)
+        fitted = editor.fit(
             positive,
             negative,
             layers=layers,
             num_layers=ctx.num_layers,
-            alpha=setting["alpha"],
+            alpha=setting.alpha,
             layer_path=ctx.layer_path,
         )
-        return Intervention(editor)
+        return Intervention(fitted)
 
-    return configure
+    settings = grid(SteeringSetting, layers=LAYER_AXIS, alpha=alphas)
+    return MethodSpec(name, description, settings, _nothing, configure, uses_activations=True)
 
 
-def _prepare_iti(ctx: FitContext) -> Any:
-    from ..editors.baselines import ITIEditor
-
+def _prepare_iti(ctx: FitContext) -> ITIEditor:
     return ITIEditor.fit_model(
         ctx.model,
         ctx.tokenizer,
         ctx.demos,
-        top_k=max(s["top_k"] for s in ITI_GRID),
+        top_k=max(s.top_k for s in ITI_GRID),
         seed=ctx.seed,
         batch_size=ctx.batch_size,
         layer_path=ctx.layer_path,
@@ -184,9 +194,11 @@ def _prepare_iti(ctx: FitContext) -> Any:
     )
 
 
-def _prepare_lora(ctx: FitContext) -> Any:
-    from ..editors.baselines import LoRAEditor
+def _iti(state: ITIEditor, setting: ITISetting, ctx: FitContext) -> Intervention:
+    return Intervention(state.with_options(top_k=setting.top_k, alpha=setting.alpha))
 
+
+def _prepare_lora(ctx: FitContext) -> LoRAEditor:
     return LoRAEditor.train(
         ctx.model,
         ctx.tokenizer,
@@ -198,45 +210,43 @@ def _prepare_lora(ctx: FitContext) -> Any:
     )
 
 
-def _load_iti(path: Path) -> Any:
-    from ..editors.baselines import ITIEditor
-
-    return ITIEditor.load(path)
+def _lora(state: LoRAEditor, setting: LoRASetting, ctx: FitContext) -> Intervention:
+    return Intervention(state.with_options(alpha=setting.alpha))
 
 
-def _load_lora(path: Path) -> Any:
-    from ..editors.baselines import LoRAEditor
-
-    return LoRAEditor.load(path)
-
-
-def _with_options(state: Any, setting: Setting, ctx: FitContext) -> Intervention:
-    return Intervention(state.with_options(**setting))
-
-
-def _dola(state: None, setting: Setting, ctx: FitContext) -> Intervention:
+def _dola(state: None, setting: DoLaSetting, ctx: FitContext) -> Intervention:
     readout = DoLaReadout(
-        parse_premature_layers(setting["premature"], ctx.num_layers),
-        relative_top=setting["relative_top"],
+        parse_premature_layers(setting.premature, ctx.num_layers),
+        relative_top=setting.relative_top,
     )
     readout.check_model(ctx.num_layers)
     return Intervention(readout=readout)
 
 
 LAYER_AXIS = ("last-4", "last-8")
-LORA_BUDGET = {"rank": 8, "lora_alpha": 16, "steps": 100, "lr": 2e-4, "batch_size": 8}
+LORA_BUDGET: dict[str, Any] = {
+    "rank": 8,
+    "lora_alpha": 16,
+    "steps": 100,
+    "lr": 2e-4,
+    "batch_size": 8,
+}
 """The training reference's fixed budget: rank-8 adapters on the attention query and value
 projections of every layer, 100 AdamW steps of 8 answers (CPU-friendly)."""
-ITI_GRID = _grid(top_k=(8, 24), alpha=(5.0, 15.0))
+ITI_GRID = grid(ITISetting, top_k=(8, 24), alpha=(5.0, 15.0))
+SEA_GRID = grid(SeaSetting, layers=LAYER_AXIS, ratio=(0.99, 0.995))
+PHI_SEA_GRID = grid(
+    PhiSeaSetting, layers=LAYER_AXIS, feature=(Feature.TANH, Feature.SQUARED_EXPONENTIAL)
+)
 
-METHODS: dict[str, MethodSpec] = {
+METHODS: dict[str, MethodSpec[Any]] = {
     spec.name: spec
     for spec in (
-        MethodSpec("none", "unedited model", ({},), _nothing, lambda s, g, c: Intervention()),
+        MethodSpec("none", "unedited model", (NoSetting(),), _nothing, _unedited),
         MethodSpec(
             "sea",
             "SEA, linear, centred covariances",
-            _grid(layers=LAYER_AXIS, ratio=(0.99, 0.995)),
+            SEA_GRID,
             _nothing,
             _sea,
             uses_activations=True,
@@ -244,55 +254,49 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "phi-sea",
             "Φ-SEA (non-linear feature map), centred, ratio 0.99",
-            _grid(layers=LAYER_AXIS, feature=("tanh", "squared-exponential")),
+            PHI_SEA_GRID,
             _nothing,
             _sea,
             uses_activations=True,
         ),
-        MethodSpec(
+        _steering(
             "mean-diff",
             "mean-difference steering (CAA): h + α(mean h+ − mean h−)",
-            _grid(layers=LAYER_AXIS, alpha=(0.5, 2.0)),
-            _nothing,
-            _steering("MeanDifferenceEditor"),
-            uses_activations=True,
+            MeanDifferenceEditor,
+            (0.5, 2.0),
         ),
-        MethodSpec(
+        _steering(
             "pca-vector",
             "PCA control vector of paired differences (repeng pca_diff), h + α·s·u",
-            _grid(layers=LAYER_AXIS, alpha=(0.5, 2.0)),
-            _nothing,
-            _steering("PCAVectorEditor"),
-            uses_activations=True,
+            PCAVectorEditor,
+            (0.5, 2.0),
         ),
         MethodSpec(
             "iti",
             "ITI: top-K attention heads by probe accuracy, shifted α·σ along mass-mean",
             ITI_GRID,
             _prepare_iti,
-            _with_options,
-            load_state=_load_iti,
+            _iti,
+            load_state=ITIEditor.load,
         ),
-        MethodSpec(
+        _steering(
             "leace",
             "LEACE erasure of the positive/negative label, h − α·correction",
-            _grid(layers=LAYER_AXIS, alpha=(0.5, 1.0)),
-            _nothing,
-            _steering("LeaceEditor"),
-            uses_activations=True,
+            LeaceEditor,
+            (0.5, 1.0),
         ),
         MethodSpec(
             "lora",
             "LoRA fine-tuning on the positive answers (fixed budget), delta scaled by α",
-            _grid(alpha=(0.5, 1.0, 1.5, 2.0)),
+            grid(LoRASetting, alpha=(0.5, 1.0, 1.5, 2.0)),
             _prepare_lora,
-            _with_options,
-            load_state=_load_lora,
+            _lora,
+            load_state=LoRAEditor.load,
         ),
         MethodSpec(
             "dola",
             "DoLa contrastive layer scoring (premature bucket, plausibility threshold)",
-            _grid(premature=("early", "late"), relative_top=(0.1, 0.0)),
+            grid(DoLaSetting, premature=("early", "late"), relative_top=(0.1, 0.0)),
             _nothing,
             _dola,
         ),
@@ -312,10 +316,3 @@ def parse_methods(spec: str | Sequence[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"a method is named twice in {names}")
     return names
-
-
-def setting_id(setting: Setting) -> str:
-    """A short, stable, file-name-safe name of a setting (``layers=last-4,ratio=0.99``)."""
-    if not setting:
-        return "default"
-    return ",".join(f"{k}={v}" for k, v in setting.items())

@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..core.options import SeaOptions
-from ..demos.format import DemoActivations, Demonstration, capture_demos
+from ..demos.activations import DemoActivations, capture_demos
+from ..demos.format import Demonstration
 from ..editors.sea import SpectralEditor
 from ..editors.sea_fit import fit_from_arrays
 from ..hf.layers import find_decoder_layers, parse_layers
@@ -22,10 +23,12 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
     """Model name and revision for an editor's metadata (best effort, never raises)."""
     from ..hf.models import model_name_of, resolve_revision
 
-    try:
-        return {"model": model_name_of(model), "model_revision": resolve_revision(model)}
-    except Exception:  # noqa: BLE001 - metadata is descriptive only
-        return {"model": type(model).__name__, "model_revision": None}
+    if isinstance(model, PreTrainedModel):
+        try:
+            return {"model": model_name_of(model), "model_revision": resolve_revision(model)}
+        except Exception:  # noqa: BLE001 - metadata is descriptive only
+            pass
+    return {"model": type(model).__name__, "model_revision": None}
 
 
 def fit_from_activations(

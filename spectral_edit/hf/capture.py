@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..core.options import Site, Token
 from ..util.progress import progress_bar
 from .hooks import HookSite, hooked
 from .layers import site_modules
 from .tokens import encode_pair, model_inputs, pad_batch, pad_id_of
 
-TOKEN_CHOICES = ("last", "mean")
-CAPTURE_ON = ("input", "output")
+CaptureOn = Literal["input", "output"]
 """Where :func:`capture_modules` reads a module: its first input or its output."""
 
 
@@ -39,8 +39,8 @@ def capture(
     continuations: Sequence[str] | None = None,
     *,
     layers: Sequence[int],
-    site: str = "residual",
-    token: str = "last",
+    site: Site | str = Site.RESIDUAL,
+    token: Token | str = Token.LAST,
     batch_size: int = 8,
     padding_side: str = "right",
     layer_path: str | None = None,
@@ -52,16 +52,19 @@ def capture(
         contexts: N prompt strings.
         continuations: N answer strings appended to the prompts (``None`` = empty).
         layers: L decoder layer indices.
-        site: ``"residual"`` (decoder layer output) or ``"mlp"`` (MLP block output).
-        token: ``"last"`` = the last token of each text; ``"mean"`` = the mean over the
-            continuation's tokens (the last token when a continuation is empty).
+        site: a :class:`~spectral_edit.core.options.Site` or its string: ``"residual"``
+            (decoder layer output) or ``"mlp"`` (MLP block output).
+        token: a :class:`~spectral_edit.core.options.Token` or its string: ``"last"`` = the
+            last token of each text; ``"mean"`` = the mean over the continuation's tokens
+            (the last token when a continuation is empty).
         padding_side: how batches are padded; results do not depend on it.
         progress: show a progress bar (a string is used as its label).
 
     Returns:
         float32 tensor ``(N, L, d)`` on the CPU, in the order of ``contexts``.
     """
-    continuations = _checked_continuations(contexts, continuations, token)
+    token = Token.parse(token, "token")
+    continuations = _checked_continuations(contexts, continuations)
     layers = list(layers)
     if not layers:
         raise ValueError("capture needs at least one layer")
@@ -90,8 +93,8 @@ def capture_modules(
     continuations: Sequence[str] | None = None,
     *,
     modules: Mapping[int, nn.Module],
-    on: Literal["input", "output"] = "input",
-    token: str = "last",
+    on: CaptureOn = "input",
+    token: Token | str = Token.LAST,
     batch_size: int = 8,
     padding_side: str = "right",
     layer_path: str | None = None,
@@ -110,9 +113,10 @@ def capture_modules(
         float32 tensor ``(N, M, w)`` on the CPU (``M = len(modules)``, in the mapping's
         order; ``w`` the width read there), rows in the order of ``contexts``.
     """
-    continuations = _checked_continuations(contexts, continuations, token)
-    if on not in CAPTURE_ON:
-        raise ValueError(f"on must be one of {CAPTURE_ON}, not {on!r}")
+    token = Token.parse(token, "token")
+    continuations = _checked_continuations(contexts, continuations)
+    if on not in get_args(CaptureOn):
+        raise ValueError(f"on must be one of {get_args(CaptureOn)}, not {on!r}")
     if not modules:
         raise ValueError("capture_modules needs at least one module")
     return _capture(
@@ -140,7 +144,7 @@ def _capture(
     modules: Mapping[int, nn.Module],
     keys: Sequence[int],
     on: HookSite,
-    token: str,
+    token: Token,
     batch_size: int,
     padding_side: str,
     layer_path: str | None,
@@ -153,8 +157,9 @@ def _capture(
 
     encoded = [encode_pair(tokenizer, c, a) for c, a in zip(contexts, continuations, strict=True)]
     sequences = [ctx + cont for ctx, cont in encoded]
+    mean = token == Token.MEAN
     spans = [
-        (len(ctx), len(ctx) + len(cont)) if token == "mean" and cont else (len(ctx + cont) - 1,) * 2
+        (len(ctx), len(ctx) + len(cont)) if mean and cont else (len(ctx + cont) - 1,) * 2
         for ctx, cont in encoded
     ]
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -190,11 +195,9 @@ def _capture(
 
 
 def _checked_continuations(
-    contexts: Sequence[str], continuations: Sequence[str] | None, token: str
+    contexts: Sequence[str], continuations: Sequence[str] | None
 ) -> Sequence[str]:
-    """Validate ``token`` and the pairing; ``None`` continuations become empty strings."""
-    if token not in TOKEN_CHOICES:
-        raise ValueError(f"token must be one of {TOKEN_CHOICES}, not {token!r}")
+    """Validate the pairing; ``None`` continuations become empty strings."""
     if continuations is None:
         continuations = [""] * len(contexts)
     if len(continuations) != len(contexts):

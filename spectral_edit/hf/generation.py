@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationMixin, PreTrainedTokenizerBase
 
 from ..util.progress import progress_bar
 from .tokens import encode, model_inputs, pad_batch, pad_id_of
@@ -48,7 +49,7 @@ def generate_greedy(
         ids, mask, _ = pad_batch([encoded[i] for i in rows], pad, "left")
         kwargs = model_inputs(model, ids, mask, _)
         kwargs.pop("position_ids", None)  # generate() derives positions from the mask
-        generated = model.generate(
+        generated = cast(GenerationMixin, model).generate(
             **kwargs,
             do_sample=False,
             max_new_tokens=max_new_tokens,
@@ -58,6 +59,7 @@ def generate_greedy(
         )
         for row, sequence in zip(rows, generated[:, ids.shape[1] :], strict=True):
             text = tokenizer.decode(sequence, skip_special_tokens=True)
+            assert isinstance(text, str)  # one sequence decodes to one string
             out[row] = truncate_at_stops(text, stops)
         bar.update(len(rows))
     bar.close()

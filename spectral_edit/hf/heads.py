@@ -19,7 +19,8 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     child module that holds the decoder layers.
     """
     base = getattr(model, "base_model", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
     if base is model or base is None:
         blocks = find_decoder_layers(model)
         owners = [
@@ -37,7 +38,7 @@ def lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits from final hidden states ``(..., d)``, exactly as the model's forward makes
     them (including Gemma-style final soft-capping and Cohere/Granite logit scaling)."""
     _, head = decoder_and_head(model)
-    logits = head(hidden.to(head.weight.device)).float()
+    logits = head(hidden.to(next(head.parameters()).device)).float()
     config = text_config(model.config)
     scale = getattr(config, "logit_scale", None)
     if isinstance(scale, (int, float)) and scale != 1:

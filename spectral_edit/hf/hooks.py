@@ -18,14 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import nn
 
 HookFn = Callable[..., torch.Tensor | None]
 HookSite = Literal["output", "input", "input-output"]
-HOOK_SITES: tuple[str, ...] = ("output", "input", "input-output")
+"""Where a hook acts on its module (see the module docstring)."""
+
+K = TypeVar("K", bound=Hashable)
+"""The key type of a module mapping (a layer index, a name, ...), passed back to hooks."""
 
 
 def hidden_of(output: Any) -> torch.Tensor:
@@ -70,15 +73,15 @@ class HookHandle:
 
 
 def add_hooks(
-    modules: Mapping[Hashable, nn.Module], fn: HookFn, *, on: HookSite = "output"
+    modules: Mapping[K, nn.Module], fn: HookFn, *, on: HookSite = "output"
 ) -> HookHandle:
     """Register ``fn`` on each module (see the module docstring for ``on``); keys are
     passed back to ``fn``.
 
     If registration fails midway, the hooks already added are removed before raising.
     """
-    if on not in HOOK_SITES:
-        raise ValueError(f"hook site must be one of {HOOK_SITES}, not {on!r}")
+    if on not in get_args(HookSite):
+        raise ValueError(f"hook site must be one of {get_args(HookSite)}, not {on!r}")
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         for key, module in modules.items():
@@ -95,7 +98,7 @@ def add_hooks(
 
 @contextmanager
 def hooked(
-    modules: Mapping[Hashable, nn.Module], fn: HookFn, *, on: HookSite = "output"
+    modules: Mapping[K, nn.Module], fn: HookFn, *, on: HookSite = "output"
 ) -> Iterator[HookHandle]:
     """Context manager form of :func:`add_hooks`; hooks are removed even on error."""
     handle = add_hooks(modules, fn, on=on)

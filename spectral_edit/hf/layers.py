@@ -14,9 +14,7 @@ from typing import Any
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-SITES = ("residual", "mlp")
-"""Edit/capture sites: ``residual`` = the decoder layer's output (``hidden_states[l+1]``),
-``mlp`` = the output of the layer's MLP block."""
+from ..core.options import Site
 
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "fc2")
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention", "attn_layer")
@@ -102,23 +100,28 @@ def find_decoder_layers(model: nn.Module, path: str | None = None) -> nn.ModuleL
     return candidates[0][2]
 
 
-def site_module(layer: nn.Module, site: str) -> nn.Module:
-    """The module whose output is the activation at ``site`` of one decoder ``layer``."""
-    if site == "residual":
+def site_module(layer: nn.Module, site: Site | str) -> nn.Module:
+    """The module whose output is the activation at ``site`` of one decoder ``layer``:
+    :attr:`Site.RESIDUAL` = the layer itself (its output is ``hidden_states[l+1]``),
+    :attr:`Site.MLP` = the layer's MLP block."""
+    if site not in Site.values():
+        raise ValueError(f"unknown site {site!r}; expected one of {Site.values()}")
+    if site == Site.RESIDUAL:
         return layer
-    if site == "mlp":
-        for name in _MLP_NAMES:
-            child = getattr(layer, name, None)
-            if isinstance(child, nn.Module):
-                return child
-        raise LayerNotFoundError(
-            f"site 'mlp': {type(layer).__name__} has none of the children {_MLP_NAMES}"
-        )
-    raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
+    for name in _MLP_NAMES:
+        child = getattr(layer, name, None)
+        if isinstance(child, nn.Module):
+            return child
+    raise LayerNotFoundError(
+        f"site 'mlp': {type(layer).__name__} has none of the children {_MLP_NAMES}"
+    )
 
 
 def site_modules(
-    model: nn.Module, layers: Sequence[int], site: str = "residual", layer_path: str | None = None
+    model: nn.Module,
+    layers: Sequence[int],
+    site: Site | str = Site.RESIDUAL,
+    layer_path: str | None = None,
 ) -> dict[int, nn.Module]:
     """Map each layer index to the module whose output is its ``site`` activation."""
     return {index: site_module(block, site) for index, block in _blocks(model, layers, layer_path)}
@@ -243,8 +246,11 @@ def attention_output_modules(
 def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> list[int]:
     """Parse a layer selection into sorted, unique, 0-based indices.
 
-    ``None``/``"all"`` → every layer; ``"last-L"`` (or int ``-L``) → the top L layers;
-    ``"3,5,7"`` or a sequence → those layers (negative indices count from the end).
+    ``None``/``"all"`` → every layer; ``"last-L"`` → the top L layers (``1 <= L <=
+    num_layers``); ``"3,5,7"`` or a sequence → those layers; an int ``i`` → that one layer
+    (a single index, not a count: ``-1`` is the last layer, ``-2`` the one below it).
+    Negative indices count from the end. Raises ``ValueError`` for an index out of range
+    or an empty selection.
     """
     if spec is None or spec == "all":
         return list(range(num_layers))

@@ -101,9 +101,10 @@ def model_inputs(
 
 def input_device(model: nn.Module) -> torch.device:
     """The device of the input embeddings (the first shard under ``device_map``)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None:
-        return embeddings.weight.device
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    weight = getattr(get_embeddings() if callable(get_embeddings) else None, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.device
     return next(model.parameters()).device
 
 

@@ -1,4 +1,5 @@
-"""Results on disk and on screen: JSON / JSON Lines (atomic), Markdown and rich tables."""
+"""Results as files and text: JSON / JSON Lines (atomic), table cells, Markdown tables, the
+per-layer rank rows of an editor. (Printing to a terminal is the CLI's: ``cli/tables.py``.)"""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.table import Table
 
 from .atomic import atomic_write_text
 
@@ -54,21 +52,6 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def print_table(
-    title: str,
-    headers: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    console: Console | None = None,
-) -> None:
-    """Print a rich table."""
-    table = Table(title=title)
-    for header in headers:
-        table.add_column(header)
-    for row in rows:
-        table.add_row(*(fmt(c) for c in row))
-    (console or Console()).print(table)
 
 
 def ranks_rows(editor_metadata: Mapping[str, Any]) -> list[list[Any]]:

@@ -1,44 +1,29 @@
-"""What the baseline editors share, so that each piece exists once:
+"""What the per-layer baseline editors share, so that each piece exists once:
 
 - :func:`activation_pair`: ``(N, L, d)`` positive/negative activations as checked float64
-  CPU tensors;
-- :func:`check_site`, :func:`check_layers`, :func:`check_vectors`, :func:`check_alpha`:
-  field validation with one message per kind of error;
-- :func:`editor_header` / :func:`editor_fields` (and :func:`common_header` /
-  :func:`common_fields` for per-layer editors): the header fields every baseline file has,
-  written and read back;
-- :func:`load_validated` (and :func:`load_checked` for per-layer tensors): read a file,
-  build the editor and check it fits a model, every failure an
-  :class:`~spectral_edit.editors.file_format.EditorFileError` naming the file;
-- :class:`LayerEditor`: ``fit`` / ``with_options`` / ``attach`` / ``save`` / ``load`` of
-  the editors that add a per-layer edit at a decoder-layer site (mean difference, PCA
-  vector, LEACE), which only implement their fit per layer and their edit.
+  CPU tensors (ITI uses it too);
+- :func:`check_vectors`: the shape check of per-layer ``(d,)`` vectors;
+- :func:`layer_format`: the file format of a per-layer editor;
+- :class:`LayerEditor`: ``fit`` / ``with_options`` / ``attach`` of the editors that add a
+  per-layer edit at a decoder-layer site (mean difference, PCA vector, LEACE), which only
+  implement their fit per layer and their edit (saving and loading come from
+  :class:`~spectral_edit.editors.base.EditorBase`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Collection, Mapping, Sequence
-from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
 from torch import nn
 
+from ...core.options import Site
 from ...hf.hooks import HookHandle
-from ...hf.layers import SITES
-from ..base import EditorBase
-from ..file_format import EditorFileError, read_editor_file, write_editor_file
-
-EDITOR_KEYS = ("hidden_size", "num_layers", "alpha")
-"""Header keys every baseline editor file has (see :func:`editor_header`)."""
-
-COMMON_KEYS = ("layers", "hidden_size", "num_layers", "site", "alpha")
-"""Header keys every per-layer baseline editor file has (see :func:`common_header`)."""
-
-Editor = TypeVar("Editor", bound=EditorBase)
+from ..base import SiteEditor, check_alpha
+from ..file_format import EDITOR_FIELDS, EditorFormat, TensorField
 
 
 # ----------------------------------------------------------------------- activations
@@ -79,22 +64,6 @@ def activation_pair(
 
 
 # ------------------------------------------------------------------------ validation
-def check_site(site: str) -> None:
-    """Raise ``ValueError`` unless ``site`` is one of :data:`~spectral_edit.hf.layers.SITES`."""
-    if site not in SITES:
-        raise ValueError(f"site must be one of {SITES}, not {site!r}")
-
-
-def check_layers(layers: Sequence[int], num_layers: int, site: str) -> None:
-    """Raise ``ValueError`` unless the layers are distinct, in range, and the site known."""
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"duplicate layers in {tuple(layers)}")
-    for layer in layers:
-        if not 0 <= layer < num_layers:
-            raise ValueError(f"layer {layer} out of range for {num_layers} layers")
-    check_site(site)
-
-
 def check_vectors(
     kind: str, layers: Sequence[int], vectors: Sequence[torch.Tensor], hidden_size: int
 ) -> None:
@@ -106,137 +75,46 @@ def check_vectors(
             )
 
 
-def check_alpha(alpha: float) -> None:
-    """Raise ``ValueError`` unless the strength ``alpha`` is finite."""
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha {alpha} is not finite")
-
-
-# ---------------------------------------------------------------------------- header
-def editor_header(
-    editor: Any, format_name: str, format_version: int, **fields: Any
-) -> dict[str, Any]:
-    """An editor file's header: the format, the editor's own ``fields``, then the fields
-    every baseline has (:data:`EDITOR_KEYS`, ``layer_path`` and ``metadata``)."""
-    return {
-        "format": format_name,
-        "format_version": format_version,
-        **fields,
-        "hidden_size": editor.hidden_size,
-        "num_layers": editor.num_layers,
-        "alpha": editor.alpha,
-        "layer_path": editor.layer_path,
-        "metadata": dict(editor.metadata),
-    }
-
-
-def editor_fields(header: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor keyword arguments for the :func:`editor_header` shared fields."""
-    return {
-        "hidden_size": int(header["hidden_size"]),
-        "num_layers": int(header["num_layers"]),
-        "alpha": float(header["alpha"]),
-        "layer_path": header.get("layer_path"),
-        "metadata": header.get("metadata", {}),
-    }
-
-
-def common_header(editor: Any, format_name: str, format_version: int) -> dict[str, Any]:
-    """The header fields every per-layer baseline editor file has (:data:`COMMON_KEYS`
-    and ``layer_path``, ``metadata``)."""
-    return editor_header(
-        editor, format_name, format_version, layers=list(editor.layers), site=editor.site
+# ----------------------------------------------------------------------- file format
+def layer_format(
+    name: str,
+    version: int,
+    tensors: Sequence[tuple[str, str]],
+    scalars: Sequence[str] = (),
+) -> EditorFormat:
+    """The :class:`EditorFormat` of a :class:`LayerEditor`: the header fields ``layers``,
+    ``site``, ``hidden_size``, ``num_layers``, ``alpha``, ``layer_path``, ``metadata``,
+    then each per-layer float tuple of ``scalars``; per ``(kind, field)`` of ``tensors``
+    one tensor ``layer.{l}.{kind}`` per layer from the tuple field ``field``."""
+    return EditorFormat(
+        name,
+        version,
+        header=("layers", "site", *EDITOR_FIELDS, *scalars),
+        tensors=tuple(
+            TensorField(field, f"layer.{{}}.{kind}", per="layers") for kind, field in tensors
+        ),
     )
 
 
-def common_fields(header: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor keyword arguments for the :func:`common_header` fields."""
-    return {
-        "layers": tuple(int(layer) for layer in header["layers"]),
-        "site": header["site"],
-        **editor_fields(header),
-    }
-
-
-# ---------------------------------------------------------------------------- loading
-def load_validated(
-    path: str | Path,
-    format_name: str,
-    format_version: int,
-    required: tuple[str, ...],
-    tensor_names: Callable[[dict[str, Any]], Collection[str]],
-    build: Callable[[dict[str, Any], dict[str, torch.Tensor]], Editor],
-    model: nn.Module | None,
-) -> Editor:
-    """Read an editor file whose tensors are exactly ``tensor_names(header)``, build the
-    editor with ``build(header, tensors)`` and, with ``model``, check it fits
-    (``editor.check_model``); every failure is an :class:`EditorFileError` naming the
-    file."""
-    path = Path(path)
-    header, tensors = read_editor_file(path, format_name, format_version, required)
-    try:
-        expected = set(tensor_names(header))
-        if set(tensors) != expected:
-            raise EditorFileError(
-                f"tensors {sorted(tensors)} do not match the expected {sorted(expected)}"
-            )
-        editor = build(header, tensors)
-        if model is not None:
-            editor.check_model(model)
-    except (ValueError, TypeError, KeyError) as error:  # EditorFileError is a ValueError
-        raise EditorFileError(f"{path}: {error}") from error
-    return editor
-
-
-def layer_tensor_name(layer: int, kind: str) -> str:
-    """The file's name for layer ``layer``'s ``kind`` tensor: ``layer.{layer}.{kind}``."""
-    return f"layer.{int(layer)}.{kind}"
-
-
-def load_checked(
-    path: str | Path,
-    format_name: str,
-    format_version: int,
-    required: tuple[str, ...],
-    kinds: tuple[str, ...],
-    build: Callable[[dict[str, Any], dict[str, torch.Tensor]], Editor],
-    model: nn.Module | None,
-) -> Editor:
-    """:func:`load_validated` for a file whose tensors are exactly ``layer.{l}.{kind}``
-    for each of the header's ``layers`` and each kind."""
-
-    def names(header: dict[str, Any]) -> set[str]:
-        return {layer_tensor_name(layer, kind) for layer in header["layers"] for kind in kinds}
-
-    return load_validated(path, format_name, format_version, required, names, build, model)
-
-
 # ------------------------------------------------------------------- per-layer editors
-class LayerEditor(EditorBase):
+class LayerEditor(SiteEditor):
     """Mixin for frozen dataclass editors that edit each of ``layers`` at ``site`` with
     per-layer tensors fitted from ``(N, L, d)`` positive and negative activations.
 
     A subclass declares its fields (``layers``, its per-layer tensor tuples, then
-    ``hidden_size``, ``num_layers``, ``site``, ``alpha``, ``layer_path``, ``metadata``)
-    and the class constants below, and implements :meth:`_fit_layers` and :meth:`edit`.
-
-    File format: one tensor ``layer.{l}.{kind}`` per layer and :attr:`_tensors` kind, the
-    :func:`common_header` fields and, per :attr:`_scalars` field, a list of one float per
-    layer.
+    ``hidden_size``, ``num_layers``, ``site``, ``alpha``, ``layer_path``, ``metadata``),
+    its ``FORMAT`` (:func:`layer_format`) and ``_paired``, validates its fields in
+    ``__post_init__`` (with :meth:`_check_common`), and implements :meth:`_fit_layers`
+    and :meth:`edit`.
     """
 
-    layers: tuple[int, ...]
-    alpha: float
-    metadata: Mapping[str, Any]
-
-    _format: ClassVar[tuple[str, int]]
-    """``(FORMAT_NAME, FORMAT_VERSION)`` of the editor's files."""
-    _tensors: ClassVar[tuple[tuple[str, str], ...]]
-    """``(kind in the file, field name)`` of each per-layer tensor tuple field."""
-    _scalars: ClassVar[tuple[str, ...]] = ()
-    """Per-layer float tuple fields, stored in the header under their own name."""
     _paired: ClassVar[bool] = False
     """Whether :meth:`fit` needs paired activations (row ``i`` of both is one pair)."""
+
+    def _check_common(self) -> None:
+        """Check the layers, the site (parsed into a :class:`Site`) and the strength."""
+        self._check_layers()
+        check_alpha(self.alpha)
 
     @classmethod
     def fit(
@@ -247,7 +125,7 @@ class LayerEditor(EditorBase):
         layers: Sequence[int],
         num_layers: int,
         alpha: float = 1.0,
-        site: str = "residual",
+        site: Site | str = Site.RESIDUAL,
         layer_path: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Self:
@@ -256,7 +134,7 @@ class LayerEditor(EditorBase):
         see the class docstring); ``metadata`` is added to what the fit records."""
         pos, neg = activation_pair(positive, negative, layers, paired=cls._paired)
         fields, info = cls._fit_layers(pos, neg)
-        return cls(
+        fields.update(
             layers=tuple(int(i) for i in layers),
             hidden_size=int(pos.shape[2]),
             num_layers=int(num_layers),
@@ -264,8 +142,8 @@ class LayerEditor(EditorBase):
             alpha=float(alpha),
             layer_path=layer_path,
             metadata={**info, **dict(metadata or {})},
-            **fields,
         )
+        return cls(**fields)
 
     @classmethod
     def _fit_layers(
@@ -286,33 +164,3 @@ class LayerEditor(EditorBase):
     def attach(self, model: nn.Module) -> HookHandle:
         """Edit ``model`` (:meth:`edit` at each layer's site) until ``handle.remove()``."""
         return self._hook(model, self.layers, lambda layer, hidden: self.edit(hidden, layer))
-
-    def save(self, path: str | Path) -> Path:
-        """Write the editor to one ``.safetensors`` file, atomically."""
-        header = {
-            **common_header(self, *self._format),
-            **{name: list(getattr(self, name)) for name in self._scalars},
-        }
-        tensors = {
-            layer_tensor_name(layer, kind): getattr(self, field)[index]
-            for index, layer in enumerate(self.layers)
-            for kind, field in self._tensors
-        }
-        return write_editor_file(path, tensors, header)
-
-    @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None) -> Self:
-        """Read and validate an editor file of this kind (and its fit to ``model``)."""
-
-        def build(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Self:
-            fields = common_fields(header)
-            per_layer = {
-                field: tuple(tensors[layer_tensor_name(layer, kind)] for layer in fields["layers"])
-                for kind, field in cls._tensors
-            }
-            scalars = {name: tuple(float(v) for v in header[name]) for name in cls._scalars}
-            return cls(**per_layer, **scalars, **fields)
-
-        kinds = tuple(kind for kind, _ in cls._tensors)
-        required = (*COMMON_KEYS, *cls._scalars)
-        return load_checked(path, *cls._format, required, kinds, build, model)

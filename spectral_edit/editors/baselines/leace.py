@@ -32,8 +32,12 @@ formally hold. The package's covariance shrinkage is kept (its default; needed w
 LEACE map cannot raise the covariance trace (the change is ``−uᵀΣu``), so the safeguard
 never applies in exact arithmetic, and disabling it keeps the erasure exact and rank one.
 
-File format: tensors ``layer.{l}.mean``, ``layer.{l}.proj_left``, ``layer.{l}.proj_right``
-(float32) with the editor's options in the header.
+File format ``spectral-edit/leace`` version 1: tensors ``layer.{l}.mean``,
+``layer.{l}.proj_left``, ``layer.{l}.proj_right`` (float32) with the editor's options in
+the header.
+
+Fitting needs the ``concept-erasure`` package (the ``baselines`` extra), imported when a
+fit runs; loading and applying a saved editor do not.
 """
 
 from __future__ import annotations
@@ -43,12 +47,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from concept_erasure import LeaceFitter
 
-from .common import LayerEditor, check_alpha, check_layers
-
-FORMAT_NAME = "spectral-edit/leace"
-FORMAT_VERSION = 1
+from ...core.options import Site
+from ...util.extras import require
+from .common import LayerEditor, layer_format
 
 
 def fit_eraser(
@@ -58,7 +60,8 @@ def fit_eraser(
     positive ``(N+, d)`` and negative ``(N-, d)`` activations."""
     x = torch.cat([positive, negative]).double()
     z = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).double()
-    eraser = LeaceFitter.fit(x, z, constrain_cov_trace=False).eraser
+    fitter = require("concept_erasure", "baselines", "LEACE").LeaceFitter
+    eraser = fitter.fit(x, z, constrain_cov_trace=False).eraser
     assert eraser.bias is not None  # affine=True (the default) always has a bias
     return eraser.bias, eraser.proj_left, eraser.proj_right
 
@@ -75,19 +78,22 @@ class LeaceEditor(LayerEditor):
     proj_right: tuple[torch.Tensor, ...]
     hidden_size: int
     num_layers: int
-    site: str = "residual"
+    site: Site = Site.RESIDUAL
     alpha: float = 1.0
     layer_path: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    _format = (FORMAT_NAME, FORMAT_VERSION)
-    _tensors = (("mean", "means"), ("proj_left", "proj_left"), ("proj_right", "proj_right"))
+    FORMAT = layer_format(
+        "spectral-edit/leace",
+        1,
+        [("mean", "means"), ("proj_left", "proj_left"), ("proj_right", "proj_right")],
+    )
 
     def __post_init__(self) -> None:
         count = len(self.layers)
         if not len(self.means) == len(self.proj_left) == len(self.proj_right) == count:
             raise ValueError("one mean, proj_left and proj_right are needed per layer")
-        check_layers(self.layers, self.num_layers, self.site)
+        self._check_common()
         d = self.hidden_size
         for layer, mean, left, right in zip(
             self.layers, self.means, self.proj_left, self.proj_right, strict=True
@@ -101,7 +107,6 @@ class LeaceEditor(LayerEditor):
                 )
             if not all(bool(t.isfinite().all()) for t in (mean, left, right)):
                 raise ValueError(f"layer {layer} eraser has non-finite entries")
-        check_alpha(self.alpha)
 
     @classmethod
     def _fit_layers(

@@ -5,8 +5,8 @@ For each edited layer ``l`` the steering vector ``v_l = mean_i h+_i − mean_i h
 the site (last token by default, as for SEA). At inference every token's activation at
 the site becomes ``h + α v_l``; ``α = 0`` is the unedited model.
 
-File format: tensors ``layer.{l}.vector`` ``(d,)`` (float32) with the editor's options in
-the header.
+File format ``spectral-edit/mean-diff`` version 1: tensors ``layer.{l}.vector`` ``(d,)``
+(float32) with the editor's options in the header.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from typing import Any
 
 import torch
 
-from .common import LayerEditor, check_layers, check_vectors
-
-FORMAT_NAME = "spectral-edit/mean-diff"
-FORMAT_VERSION = 1
+from ...core.options import Site
+from .common import LayerEditor, check_vectors, layer_format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,18 +31,17 @@ class MeanDifferenceEditor(LayerEditor):
     vectors: tuple[torch.Tensor, ...]
     hidden_size: int
     num_layers: int
-    site: str = "residual"
+    site: Site = Site.RESIDUAL
     alpha: float = 1.0
     layer_path: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    _format = (FORMAT_NAME, FORMAT_VERSION)
-    _tensors = (("vector", "vectors"),)
+    FORMAT = layer_format("spectral-edit/mean-diff", 1, [("vector", "vectors")])
 
     def __post_init__(self) -> None:
         if len(self.vectors) != len(self.layers):
             raise ValueError("one steering vector is needed per layer")
-        check_layers(self.layers, self.num_layers, self.site)
+        self._check_common()
         check_vectors("vector", self.layers, self.vectors, self.hidden_size)
 
     @classmethod

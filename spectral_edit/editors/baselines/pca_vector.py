@@ -21,11 +21,9 @@ order), the fraction of the centred differences' variance the first component ex
 Because the differences are centred, a perfectly consistent contrast (all ``d_i`` equal)
 has no principal direction; :meth:`PCAVectorEditor.fit` refuses it.
 
-File format: tensors ``layer.{l}.direction`` ``(d,)`` (float32), and the header's
-``scales`` (one float per layer) with the editor's options.
-
-The helpers the baselines share live in :mod:`._common` (re-exported here for
-compatibility: :func:`activation_pair`, :func:`common_header`, :func:`load_checked`, ...).
+File format ``spectral-edit/pca-vector`` version 1: tensors ``layer.{l}.direction``
+``(d,)`` (float32), and the header's ``scales`` (one float per layer) with the editor's
+options.
 """
 
 from __future__ import annotations
@@ -37,15 +35,8 @@ from typing import Any
 
 import torch
 
-from .common import COMMON_KEYS as COMMON_KEYS
-from .common import LayerEditor, check_alpha, check_layers, check_vectors
-from .common import activation_pair as activation_pair
-from .common import common_fields as common_fields
-from .common import common_header as common_header
-from .common import load_checked as load_checked
-
-FORMAT_NAME = "spectral-edit/pca-vector"
-FORMAT_VERSION = 1
+from ...core.options import Site
+from .common import LayerEditor, check_vectors, layer_format
 
 _UNIT_TOLERANCE = 1e-3
 _DEGENERATE = 1e-10
@@ -92,20 +83,20 @@ class PCAVectorEditor(LayerEditor):
     scales: tuple[float, ...]
     hidden_size: int
     num_layers: int
-    site: str = "residual"
+    site: Site = Site.RESIDUAL
     alpha: float = 1.0
     layer_path: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    _format = (FORMAT_NAME, FORMAT_VERSION)
-    _tensors = (("direction", "directions"),)
-    _scalars = ("scales",)
+    FORMAT = layer_format(
+        "spectral-edit/pca-vector", 1, [("direction", "directions")], scalars=("scales",)
+    )
     _paired = True
 
     def __post_init__(self) -> None:
         if len(self.directions) != len(self.layers) or len(self.scales) != len(self.layers):
             raise ValueError("one direction and one scale are needed per layer")
-        check_layers(self.layers, self.num_layers, self.site)
+        self._check_common()
         check_vectors("direction", self.layers, self.directions, self.hidden_size)
         for layer, direction, scale in zip(self.layers, self.directions, self.scales, strict=True):
             norm = float(direction.double().norm())
@@ -113,7 +104,6 @@ class PCAVectorEditor(LayerEditor):
                 raise ValueError(f"layer {layer} direction has norm {norm:.6g}, expected 1")
             if not math.isfinite(scale):
                 raise ValueError(f"layer {layer} scale {scale} is not finite")
-        check_alpha(self.alpha)
 
     @classmethod
     def _fit_layers(

@@ -1,0 +1,159 @@
+"""``sea compare`` (every method under the 2-fold TruthfulQA protocol, with control tasks)
+and ``sea demo`` (the main job: HaluEval demonstrations → SEA → TruthfulQA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from ..core.options import Neutral
+from ..data.control import DEFAULT_CONTROL_TASKS
+from ..hf.model_names import DEFAULT_MODEL
+from .common import (
+    BatchOpt,
+    DataDirOpt,
+    DeviceMapOpt,
+    DtypeOpt,
+    LimitOpt,
+    ModelOpt,
+    console,
+    data_errors,
+    err,
+    failing_on,
+    load,
+    sea_options,
+)
+from .tables import print_table
+
+JobNeutral = Literal[Neutral.GENERATE, Neutral.PROMPT]
+"""The neutral answers these jobs take: their demonstrations have no ``neutral`` field."""
+
+
+def compare(
+    model: ModelOpt = DEFAULT_MODEL,
+    demos: Annotated[
+        Path | None,
+        typer.Option(help="Demonstrations file (default: HaluEval, see --n-demos)."),
+    ] = None,
+    n_demos: Annotated[
+        int, typer.Option("--n-demos", help="HaluEval demonstrations when --demos is not given.")
+    ] = 100,
+    methods: Annotated[
+        str, typer.Option(help="Comma list of methods.")
+    ] = "none,sea,phi-sea,mean-diff,pca-vector,iti,leace,lora,dola",
+    per_fold: Annotated[
+        int | None,
+        typer.Option("--per-fold", help="TruthfulQA questions per fold (default: all)."),
+    ] = None,
+    both_directions: Annotated[
+        bool,
+        typer.Option(help="Also tune on fold 2 and report on fold 1 (twice the tuning cost)."),
+    ] = False,
+    mc_file: Annotated[
+        str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
+    ] = "mc_task_v0.json",
+    control_tasks: Annotated[str, typer.Option(help="Comma list of control tasks.")] = ",".join(
+        DEFAULT_CONTROL_TASKS
+    ),
+    control_limit: Annotated[
+        int | None, typer.Option(help="Items per control task (0 = all).")
+    ] = 50,
+    neutral: Annotated[
+        JobNeutral, typer.Option(help="SEA neutral answers: generate or prompt.")
+    ] = Neutral.GENERATE,
+    seed: Annotated[int, typer.Option(help="Seed for demonstrations and fitting.")] = 0,
+    out: Annotated[Path, typer.Option(help="Report folder (reruns resume).")] = Path(
+        "runs/compare"
+    ),
+    batch_size: BatchOpt = 16,
+    data_dir: DataDirOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Every method on the same demonstrations and questions, tuned on one TruthfulQA fold
+    and reported on the other, with control tasks: report.md, report.json and a plot."""
+    from ..data.splits import truthfulqa_folds
+    from ..demos.format import DemoFormatError, read_demos
+    from ..experiments.compare import run_compare
+    from ..experiments.compare_results import CompareOptions
+    from ..experiments.demo_job import load_truthfulness_demos
+    from ..experiments.methods import parse_methods
+
+    with failing_on(*data_errors(), DemoFormatError):
+        names = parse_methods(methods)
+        folds = truthfulqa_folds(mc_file, data_dir, per_fold=per_fold)
+        demo_list = (
+            read_demos(demos)
+            if demos is not None
+            else load_truthfulness_demos(n_demos, data_dir, seed, console.print).demos
+        )
+    options = CompareOptions(
+        methods=tuple(names),
+        control_tasks=tuple(t.strip() for t in control_tasks.split(",") if t.strip()),
+        control_limit=control_limit or None,
+        neutral=neutral,
+        batch_size=batch_size,
+        seed=seed,
+        both_directions=both_directions,
+    )
+    lm, tokenizer = load(model, dtype, device_map)
+    report = run_compare(
+        lm,
+        tokenizer,
+        demo_list,
+        folds,
+        options,
+        out,
+        data_dir=data_dir,
+        model_name=model,
+        echo=console.print,
+        progress=True,
+    )
+    print_table(*report.table())
+    console.print(f"report in {out}/report.md")
+    if report.failed:
+        err.print(f"[red]failed methods:[/red] {', '.join(report.failed)} (rerun to retry them)")
+        raise typer.Exit(code=1)
+
+
+def demo(
+    model: ModelOpt = DEFAULT_MODEL,
+    n_demos: Annotated[int, typer.Option("--n-demos", help="HaluEval demonstrations.")] = 100,
+    layers: Annotated[str, typer.Option(help="last-L, all, or a list.")] = "last-8",
+    pos_ratio: Annotated[float, typer.Option(help="Energy ratio for k+.")] = 0.995,
+    neg_ratio: Annotated[float, typer.Option(help="Energy ratio for k-.")] = 0.995,
+    centered: Annotated[
+        bool, typer.Option(help="Centre the cross-covariances (measured better on Gemma 3).")
+    ] = True,
+    neutral: Annotated[JobNeutral, typer.Option(help="generate or prompt.")] = Neutral.GENERATE,
+    limit: LimitOpt = None,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("runs/demo"),
+    batch_size: BatchOpt = 8,
+    data_dir: DataDirOpt = None,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """The main job: HaluEval demonstrations → SEA editor → TruthfulQA before and after."""
+    from ..experiments.demo_job import truthfulness_demo
+
+    options = sea_options(
+        layers=layers, pos_ratio=pos_ratio, neg_ratio=neg_ratio, centered=centered, neutral=neutral
+    )
+    report = truthfulness_demo(
+        model,
+        options,
+        out_dir=out,
+        data_dir=data_dir,
+        n_demos=n_demos,
+        limit=limit,
+        batch_size=batch_size,
+        dtype=dtype,
+        device_map=device_map,
+        echo=console.print,
+    )
+    for table in report.tables():
+        print_table(*table)
+    if report.evaluation is not None:
+        console.print(f"report written to {out / 'report.md'}")

@@ -1,0 +1,168 @@
+"""``sea fit`` (demonstrations → SEA editor file) and ``sea info`` (what an editor file holds)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..core.options import Feature, Merge, Neutral, Site, Token
+from ..hf.model_names import DEFAULT_MODEL
+from .common import (
+    BatchOpt,
+    DeviceMapOpt,
+    DtypeOpt,
+    ModelOpt,
+    choice_metavar,
+    fail,
+    failing_on,
+    load,
+    load_editor,
+    sea_options,
+)
+from .tables import print_fields, print_table
+
+
+def _feature(value: str) -> Feature:
+    # Feature.parse, not typer's own choice check: it also takes TANH or squared_exponential
+    return Feature.parse(value, "--feature")
+
+
+def _scales(text: str | None) -> tuple[float, ...] | None:
+    """``--feature-scales`` as numbers, each > 0."""
+    if text is None:
+        return None
+    try:
+        scales = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise fail(f"--feature-scales: not a list of numbers: {text!r}") from None
+    if not all(x > 0 for x in scales):
+        raise fail(f"--feature-scales: every scale must be > 0, got {text!r}")
+    return scales
+
+
+def fit(
+    demos: Annotated[Path, typer.Option(help="Demonstrations (JSON Lines).")],
+    out: Annotated[Path, typer.Option(help="Where to write the editor (.safetensors).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    layers: Annotated[str, typer.Option(help="last-L, all, or a list like 10,11.")] = "last-8",
+    pos_ratio: Annotated[float, typer.Option(help="Energy ratio for k+.")] = 0.99,
+    neg_ratio: Annotated[float, typer.Option(help="Energy ratio for k-.")] = 0.99,
+    pos_rank: Annotated[int | None, typer.Option(help="Fixed k+ (overrides the ratio).")] = None,
+    neg_rank: Annotated[int | None, typer.Option(help="Fixed k- (overrides the ratio).")] = None,
+    site: Annotated[Site, typer.Option(help="residual or mlp.")] = Site.RESIDUAL,
+    neutral: Annotated[Neutral, typer.Option(help="generate, prompt or given.")] = Neutral.GENERATE,
+    token: Annotated[Token, typer.Option(help="last or mean (over the answer).")] = Token.LAST,
+    centered: Annotated[bool, typer.Option(help="Centre the cross-covariances.")] = False,
+    feature: Annotated[
+        Feature,
+        typer.Option(
+            parser=_feature,
+            metavar=choice_metavar(Feature.values()),
+            help="linear, tanh, elu or squared-exponential (Φ-SEA).",
+        ),
+    ] = Feature.LINEAR,
+    feature_scales: Annotated[
+        str | None,
+        typer.Option(
+            help="Φ-SEA scales, comma-separated, one per fitted layer "
+            "(default: each layer's neutral RMS)."
+        ),
+    ] = None,
+    merge: Annotated[Merge, typer.Option(help="norm or mean.")] = Merge.NORM,
+    alpha: Annotated[float, typer.Option(help="Edit strength (0 = no edit).")] = 1.0,
+    layer_path: Annotated[
+        str | None,
+        typer.Option(help="Module path of the decoder layers, if not found automatically."),
+    ] = None,
+    batch_size: BatchOpt = 8,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Fit a SEA editor on a demonstrations file."""
+    from ..demos.format import DemoFormatError, read_demos
+    from ..experiments.pipeline import fit_editor
+    from ..util.report import RANK_HEADERS, ranks_rows
+
+    with failing_on(DemoFormatError):
+        records = read_demos(demos)
+    options = sea_options(
+        layers=layers,
+        neutral=neutral,
+        token=token,
+        site=site,
+        layer_path=layer_path,
+        pos_ratio=pos_ratio,
+        neg_ratio=neg_ratio,
+        pos_rank=pos_rank,
+        neg_rank=neg_rank,
+        centered=centered,
+        feature=feature,
+        feature_scales=_scales(feature_scales),
+        merge=merge,
+        alpha=alpha,
+    )
+    lm, tokenizer = load(model, dtype, device_map)
+    with failing_on(ValueError, LookupError):
+        editor = fit_editor(
+            lm,
+            tokenizer,
+            records,
+            options,
+            batch_size=batch_size,
+            progress=True,
+            metadata={"demonstrations_file": str(demos)},
+        )
+    editor.save(out)
+    print_table(
+        f"editor {out}: {len(records)} demonstrations", RANK_HEADERS, ranks_rows(editor.metadata)
+    )
+
+
+def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file.")]) -> None:
+    """Show an editor's options, ranks and layer signature values."""
+    from ..editors.sea import SpectralEditor
+    from ..util.report import RANK_HEADERS, ranks_rows
+
+    loaded = load_editor(editor)
+    if not isinstance(loaded, SpectralEditor):
+        print_fields(f"{editor} ({type(loaded).__name__})", _baseline_fields(loaded))
+        return
+    meta = dict(loaded.metadata)
+    rows = {
+        "model": meta.get("model"),
+        "hidden size": loaded.hidden_size,
+        "model layers": loaded.num_layers,
+        "fitted layers": ",".join(map(str, loaded.layers)),
+        "edited layers": ",".join(map(str, loaded.active_layers)),
+        "site": loaded.site,
+        "merge": loaded.merge,
+        "alpha": loaded.alpha,
+        "feature": loaded.feature,
+        "centered": meta.get("centered"),
+        "ratios (+/-)": f"{meta.get('pos_ratio')} / {meta.get('neg_ratio')}",
+        "demonstrations": meta.get("n_demonstrations"),
+        "neutral": meta.get("neutral"),
+    }
+    print_fields(str(editor), rows.items())
+    print_table("ranks and signature per layer", RANK_HEADERS, ranks_rows(meta))
+
+
+def _baseline_fields(editor: Any) -> list[tuple[str, Any]]:
+    """A baseline editor's scalar options and scalar metadata, as ``(name, value)`` rows."""
+    rows: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(editor):
+        value = getattr(editor, f.name)
+        if f.name == "metadata":
+            rows += [
+                (key, item)
+                for key, item in value.items()
+                if isinstance(item, (str, int, float, bool)) or item is None
+            ]
+        elif isinstance(value, (str, int, float)) or value is None:
+            rows.append((f.name, value))
+        elif isinstance(value, tuple) and all(isinstance(v, (int, str)) for v in value):
+            rows.append((f.name, ",".join(map(str, value))))
+    return rows

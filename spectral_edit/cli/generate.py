@@ -1,0 +1,76 @@
+"""``sea generate``: greedy continuations of prompts, unedited and edited, side by side."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..hf.model_names import DEFAULT_MODEL
+from .common import (
+    AlphaOpt,
+    BatchOpt,
+    DeviceMapOpt,
+    DtypeOpt,
+    EditorOpt,
+    ModelOpt,
+    console,
+    load,
+    load_editor,
+)
+
+_SHELL_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+_SHELL_ESCAPE = re.compile(r"\\([nt\\])")
+
+
+def decode_shell_escapes(text: str) -> str:
+    """``text`` with the escapes a shell user types for a newline, a tab and a backslash
+    (``\\n``, ``\\t``, ``\\\\``) decoded; every other character, non-ASCII included, and any
+    other backslash stay as they are."""
+    return _SHELL_ESCAPE.sub(lambda m: _SHELL_ESCAPES[m.group(1)], text)
+
+
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="Prompts to continue.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    editor: EditorOpt = None,
+    alpha: AlphaOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 48,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop strings (default: blank line, next Q:).")
+    ] = None,
+    batch_size: BatchOpt = 8,
+    dtype: DtypeOpt = None,
+    device_map: DeviceMapOpt = None,
+) -> None:
+    """Greedy continuations, unedited and (with --editor) edited, side by side."""
+    from ..hf.generation import ANSWER_STOPS, generate_greedy
+
+    lm, tokenizer = load(model, dtype, device_map)
+    prompts = [decode_shell_escapes(p) for p in prompts]
+    stops = tuple(stop) if stop else ANSWER_STOPS
+
+    def run() -> list[str]:
+        return generate_greedy(
+            lm,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            stops=stops,
+            batch_size=batch_size,
+        )
+
+    columns = [run()]
+    table = Table(show_lines=True)
+    table.add_column("prompt", max_width=40)
+    table.add_column("unedited")
+    if editor is not None:
+        sea = load_editor(editor, lm, alpha)
+        with sea.apply(lm):
+            columns.append(run())
+        table.add_column(f"edited (α={sea.alpha:g})")
+    for prompt, *texts in zip(prompts, *columns, strict=True):
+        table.add_row(prompt[-200:], *texts)
+    console.print(table)

@@ -1,0 +1,122 @@
+"""The activations SEA is fitted on: for every demonstration, its neutral, positive and
+negative answer appended to its prompt, read at chosen layers.
+
+Neutral answers (:class:`~spectral_edit.core.options.Neutral`): ``generate``, the model's
+own greedy answer (the paper); ``prompt``, the prompt's last token (empty answer);
+``given``, the file's ``neutral`` field (required on every demonstration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ..core.options import Neutral, Site, Token
+from ..hf.capture import capture
+from ..hf.generation import generate_greedy
+from .format import Demonstration
+from .prompts import answer_text
+
+
+def neutral_answers(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[Demonstration],
+    neutral: Neutral | str = Neutral.GENERATE,
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    progress: bool = False,
+) -> list[str]:
+    """The neutral continuation of each demonstration (``""`` = the prompt's last token);
+    a ``neutral`` field, where present, wins over generation.
+
+    Raises:
+        ValueError: an unknown ``neutral``, or ``"given"`` with a demonstration that has
+            no ``neutral`` field.
+    """
+    mode = Neutral.parse(neutral, "neutral")
+    if mode is Neutral.PROMPT:
+        return [""] * len(demos)
+    if mode is Neutral.GIVEN:
+        missing = [i + 1 for i, d in enumerate(demos) if d.neutral is None]
+        if missing:
+            raise ValueError(f"neutral='given' but demonstrations {missing[:10]} have no neutral")
+        given = [d.neutral or "" for d in demos]
+        return [answer_text(a) if a.strip() else "" for a in given]
+    todo = [i for i, d in enumerate(demos) if d.neutral is None]
+    generated = generate_greedy(
+        model,
+        tokenizer,
+        [demos[i].prompt for i in todo],
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress="neutral answers" if progress else False,
+    )
+    answers = [d.neutral or "" for d in demos]
+    for i, text in zip(todo, generated, strict=True):
+        answers[i] = text
+    return [answer_text(a) if a.strip() else "" for a in answers]
+
+
+@dataclass(frozen=True)
+class DemoActivations:
+    """Activations of N demonstrations at L layers: three ``(N, L, d)`` float32 tensors;
+    ``layers[j]`` is the model layer of index ``j`` along the second axis."""
+
+    neutral: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+    layers: tuple[int, ...]
+
+
+def capture_demos(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[Demonstration],
+    *,
+    layers: Sequence[int],
+    neutral: Neutral | str = Neutral.GENERATE,
+    site: Site | str = Site.RESIDUAL,
+    token: Token | str = Token.LAST,
+    batch_size: int = 8,
+    layer_path: str | None = None,
+    progress: bool = False,
+) -> DemoActivations:
+    """Neutral, positive and negative activations of the demonstrations at ``site`` of
+    ``layers``, at the answer's last token or averaged over it (``token``).
+
+    Raises:
+        ValueError: an unknown ``neutral``, ``site`` or ``token`` (checked before any
+            forward pass).
+    """
+    site, token = Site.parse(site, "site"), Token.parse(token, "token")
+    prompts = [d.prompt for d in demos]
+    neutral_texts = neutral_answers(
+        model, tokenizer, demos, neutral, batch_size=batch_size, progress=progress
+    )
+    answers = {
+        "neutral": neutral_texts,
+        "positive": [answer_text(d.positive) for d in demos],
+        "negative": [answer_text(d.negative) for d in demos],
+    }
+    captured = {
+        kind: capture(
+            model,
+            tokenizer,
+            prompts,
+            texts,
+            layers=layers,
+            site=site,
+            token=token,
+            batch_size=batch_size,
+            layer_path=layer_path,
+            progress=f"{kind} activations" if progress else False,
+        )
+        for kind, texts in answers.items()
+    }
+    return DemoActivations(**captured, layers=tuple(layers))

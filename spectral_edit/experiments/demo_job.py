@@ -1,0 +1,184 @@
+"""``sea demo``, the README's main job: HaluEval demonstrations → SEA editor → TruthfulQA
+MC1/MC2/MC3 before and after, as resumable stages in the one store
+(:mod:`spectral_edit.experiments.store`).
+
+Output folder: ``demos.jsonl``; ``fit.json`` with ``editor.safetensors``;
+``eval_unedited.json`` / ``eval_edited.json`` with ``truthfulqa_unedited.jsonl`` /
+``truthfulqa_edited.jsonl`` (per question); ``report.json`` and ``report.md``. A rerun
+with the same options reuses every stage; a changed fit option refits and re-scores the
+edited model only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..core.options import SeaOptions
+from ..data.errors import DataFileMissing
+from ..data.halueval import load_halueval_qa
+from ..data.locate import resolve
+from ..data.splits import truthfulqa_questions
+from ..demos.builders import PAPER_SEED, halueval_demos
+from ..demos.format import Demonstration, read_demos, write_demos
+from ..editors.sea import SpectralEditor
+from ..evaluate.truthfulqa import evaluate_truthfulqa
+from ..util.report import write_jsonl
+from .demo_report import DemoEvaluation, DemoReport
+from .store import Store, options_key
+
+SHIPPED_DEMOS = "truthful_demos.jsonl"
+
+Echo = Callable[[str], None]
+
+
+def shipped_demos_path() -> Path:
+    """Path of the project's hand-written truthfulness demonstrations (30 pairs)."""
+    return Path(str(resources.files("spectral_edit.resources") / SHIPPED_DEMOS))
+
+
+class TruthfulnessDemos(NamedTuple):
+    """Demonstrations and a description of where they came from."""
+
+    demos: list[Demonstration]
+    source: str
+
+
+def load_truthfulness_demos(
+    n_demos: int,
+    data_dir: str | Path | None,
+    seed: int = PAPER_SEED,
+    echo: Echo = print,
+    *,
+    fallback: bool = True,
+) -> TruthfulnessDemos:
+    """``n_demos`` HaluEval demonstrations (the one-turn file, then the multi-turn file's
+    items for N > 500), each file shuffled with ``seed``.
+
+    Where HaluEval is not available: with ``fallback``, the shipped hand-written file
+    (``echo`` says so); without, the :class:`DataFileMissing` error (also for a missing
+    multi-turn file when it is needed).
+    """
+    try:
+        one = load_halueval_qa(resolve("halueval/qa_one-turn_data.json", data_dir))
+    except DataFileMissing as error:
+        if not fallback:
+            raise
+        first_line = str(error).splitlines()[0]
+        echo(
+            f"HaluEval not available ({first_line}); using the shipped "
+            f"hand-written demonstrations instead."
+        )
+        demos = read_demos(shipped_demos_path())[:n_demos]
+        return TruthfulnessDemos(demos, f"shipped hand-written file ({len(demos)} pairs)")
+    demos = halueval_demos(one, limit=n_demos, seed=seed)
+    source = f"HaluEval QA one-turn ({len(demos)} of {len(one)} items, seed {seed})"
+    if n_demos > len(one):
+        try:
+            multi = load_halueval_qa(resolve("halueval/qa_multi-turn_data.json", data_dir))
+        except DataFileMissing:
+            if not fallback:
+                raise
+            multi = []
+        extra = halueval_demos(multi, limit=n_demos - len(demos), seed=seed)
+        demos += extra
+        source += f" + multi-turn ({len(extra)} items; same questions, other hallucinations)"
+    return TruthfulnessDemos(demos, source)
+
+
+def truthfulness_demo(
+    model_name: str,
+    options: SeaOptions = SeaOptions(),  # noqa: B008 - frozen, so one shared default is safe
+    *,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    n_demos: int = 100,
+    limit: int | None = None,
+    mc_file: str = "mc_task_v0.json",
+    seed: int = 44,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    device_map: str | None = None,
+    echo: Echo = print,
+) -> DemoReport:
+    """The main job; results go to ``out_dir`` (report.md, report.json, per-question files).
+
+    ``options``: the SEA fit. Stages (each resumable): demonstrations, editor fit,
+    unedited and edited evaluation. ``echo`` gets the progress messages; the returned
+    report has the tables to show (:meth:`DemoReport.tables`).
+    """
+    from ..hf.models import load_model
+    from .pipeline import fit_editor
+
+    out = Path(out_dir)
+    store = Store(out, echo)
+    demos, demo_source = load_truthfulness_demos(n_demos, data_dir, seed, echo)
+    demos_path = write_demos(out / "demos.jsonl", demos)
+    echo(f"demonstrations: {demo_source} → {demos_path}")
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(model_name, dtype=dtype, device_map=device_map)
+    load_seconds = time.perf_counter() - started
+    echo(f"model {model_name} loaded in {load_seconds:.1f} s")
+
+    demos_key = options_key({"d": [dataclasses.asdict(d) for d in demos]})
+    fit_options = {"model": model_name, "demos": demos_key, **options.to_json()}
+    editor_file = "editor.safetensors"
+
+    def fit() -> tuple[Callable[[Path], object], dict[str, Any]]:
+        t0 = time.perf_counter()
+        fitted = fit_editor(
+            model,
+            tokenizer,
+            demos,
+            options,
+            batch_size=batch_size,
+            progress=True,
+            metadata={"demonstrations": demo_source},
+        )
+        record = {"seconds": time.perf_counter() - t0, "path": str(store.path(editor_file))}
+        return fitted.save, record
+
+    def load(path: Path) -> SpectralEditor:
+        return SpectralEditor.load(path, model)
+
+    editor, fit_record = store.artifact("fit", fit_options, editor_file, load, fit)
+    label = f"SEA ({options.layers}, r+={options.pos_ratio}, r-={options.neg_ratio})"
+    report = DemoReport(
+        model_name,
+        demo_source,
+        len(demos),
+        fit_options,
+        label,
+        fit_record["seconds"],
+        fit_record["path"],
+        load_seconds,
+        dict(editor.metadata),
+    )
+    try:
+        questions = truthfulqa_questions(mc_file, data_dir, limit=limit)
+    except DataFileMissing as error:
+        echo(f"TruthfulQA is not available, so nothing is evaluated:\n{error}")
+        return report
+
+    def evaluate(edited: bool) -> dict[str, Any]:
+        label = "edited" if edited else "unedited"
+        with editor.apply(model) if edited else contextlib.nullcontext():
+            result = evaluate_truthfulqa(
+                model, tokenizer, questions, progress=f"TruthfulQA ({label})"
+            )
+        write_jsonl(out / f"truthfulqa_{label}.jsonl", result.per_question)
+        return result.summary
+
+    eval_options = {"model": model_name, "mc_file": mc_file, "limit": limit}
+    unedited = store.run("eval_unedited", eval_options, lambda: evaluate(False))
+    edited_key = {**eval_options, **fit_options}
+    edited = store.run("eval_edited", edited_key, lambda: evaluate(True))
+    evaluated = dataclasses.replace(report, evaluation=DemoEvaluation(mc_file, unedited, edited))
+    evaluated.write(out)
+    return evaluated
