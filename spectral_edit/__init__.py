@@ -12,25 +12,31 @@ Fit offline from demonstrations, edit online through forward hooks::
         ...
 """
 
+from .core.options import SeaOptions
 from .demos.activations import capture_demos
 from .demos.format import Demonstration, read_demos, write_demos
 from .editors.file_format import EditorFileError
+from .editors.registry import load_editor
 from .editors.sea import SpectralEditor
 from .editors.sea_fit import SpectralFitter, fit_from_arrays
 from .hf.capture import capture
 from .hf.layers import find_decoder_layers, parse_layers
+from .hf.models import load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Demonstration",
     "EditorFileError",
+    "SeaOptions",
     "SpectralEditor",
     "SpectralFitter",
     "capture",
     "capture_demos",
     "find_decoder_layers",
     "fit_from_arrays",
+    "load_editor",
+    "load_model",
     "parse_layers",
     "read_demos",
     "write_demos",

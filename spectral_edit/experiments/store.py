@@ -76,9 +76,12 @@ class Store:
             stored = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return False, None
-        if isinstance(stored, dict) and stored.get("key") == options_key(options):
-            if "result" in stored:
-                return True, stored["result"]
+        if (
+            isinstance(stored, dict)
+            and stored.get("key") == options_key(options)
+            and "result" in stored
+        ):
+            return True, stored["result"]
         return False, None
 
     def put(self, name: str, options: Mapping[str, Any], result: Any) -> None:
