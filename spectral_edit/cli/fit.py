@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.options import Feature, Merge, Neutral, Site, Token
+from ..core.options import Feature, Merge, Neutral, Positions, Site, Token
 from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     BatchOpt,
@@ -73,6 +73,19 @@ def fit(
     ] = None,
     merge: Annotated[Merge, typer.Option(help="norm or mean.")] = Merge.NORM,
     alpha: Annotated[float, typer.Option(help="Edit strength (0 = no edit).")] = 1.0,
+    center_edit: Annotated[
+        bool,
+        typer.Option(
+            help="Centred edit: project h − μ (μ = the fit's neutral mean) and add μ back."
+        ),
+    ] = False,
+    positions: Annotated[
+        Positions,
+        typer.Option(
+            help="Positions edited: all (the paper), answer (the prompt's last token on) "
+            "or generated (after the prompt)."
+        ),
+    ] = Positions.ALL,
     layer_path: Annotated[
         str | None,
         typer.Option(help="Module path of the decoder layers, if not found automatically."),
@@ -103,6 +116,8 @@ def fit(
         feature_scales=_scales(feature_scales),
         merge=merge,
         alpha=alpha,
+        center_edit=center_edit,
+        positions=positions,
     )
     lm, tokenizer = load(model, dtype, device_map)
     with failing_on(ValueError, LookupError):
@@ -140,6 +155,8 @@ def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file."
         "site": loaded.site,
         "merge": loaded.merge,
         "alpha": loaded.alpha,
+        "centred edit": loaded.center_edit,
+        "positions": loaded.positions,
         "feature": loaded.feature,
         "centered": meta.get("centered"),
         "ratios (+/-)": f"{meta.get('pos_ratio')} / {meta.get('neg_ratio')}",

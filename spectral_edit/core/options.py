@@ -50,6 +50,21 @@ class Merge(Choice):
     MEAN = "mean"
 
 
+class Positions(Choice):
+    """Which positions of a sequence an edit acts on.
+
+    ``all``: every position (the paper). ``answer``: the prompt's last position and every
+    later one (every position whose next-token prediction belongs to the answer).
+    ``generated``: only positions after the prompt (the tokens of the answer itself).
+    The prompt is what the scorer scores continuations after, or what generation starts
+    from (:func:`spectral_edit.hf.positions.prompt_boundary`).
+    """
+
+    ALL = "all"
+    ANSWER = "answer"
+    GENERATED = "generated"
+
+
 class Feature(Choice):
     """The Φ-SEA feature map (``linear`` = plain SEA)."""
 
@@ -118,7 +133,8 @@ class SeaOptions:
     are not found automatically). Fit: energy ratios ``pos_ratio``/``neg_ratio`` in
     ``(0, 1]`` unless ``pos_rank``/``neg_rank`` fix ``k±``; ``centered``; ``feature`` with
     optional per-layer ``feature_scales`` (default: each layer's neutral RMS); ``svd``.
-    Edit: ``merge`` and strength ``alpha`` (0 = no edit).
+    Edit: ``merge``, strength ``alpha`` (0 = no edit), ``center_edit`` (project
+    ``h − μ`` and add ``μ`` back, μ the fit-time neutral mean) and ``positions``.
     """
 
     layers: str | tuple[int, ...] = "last-8"
@@ -136,6 +152,8 @@ class SeaOptions:
     alpha: float = 1.0
     svd: SvdRoute = SvdRoute.AUTO
     layer_path: str | None = None
+    center_edit: bool = False
+    positions: Positions = Positions.ALL
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -147,6 +165,8 @@ class SeaOptions:
         set_(self, "feature", Feature.parse(self.feature, "feature"))
         set_(self, "merge", Merge.parse(self.merge, "merge"))
         set_(self, "svd", SvdRoute.parse(self.svd, "svd"))
+        set_(self, "positions", Positions.parse(self.positions, "positions"))
+        set_(self, "center_edit", bool(self.center_edit))
         set_(self, "pos_ratio", _check_ratio("pos_ratio", self.pos_ratio))
         set_(self, "neg_ratio", _check_ratio("neg_ratio", self.neg_ratio))
         set_(self, "pos_rank", _check_rank("pos_rank", self.pos_rank))
@@ -202,4 +222,6 @@ class SeaOptions:
             "svd": self.svd,
             "site": self.site,
             "layer_path": self.layer_path,
+            "center_edit": self.center_edit,
+            "positions": self.positions,
         }

@@ -63,13 +63,15 @@ def spectral_edit(
     alpha: float = 1.0,
     feature: FeatureMap | None = None,
     scale: torch.Tensor | float = 1.0,
+    mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Edit activations ``h`` ``(..., d)`` of one layer; returns the same shape and dtype.
 
-    ``u = φ_s(h)``; ``z = P+ u + P- u``; merge ``norm``: ``z · ‖u‖ / ‖z‖`` per token,
-    ``mean``: ``z / 2``; ``h' = φ_s^{-1}(z)`` (sign from ``h`` where φ needs it);
-    result ``h + α (h' − h)``. ``pos``/``neg`` must share ``h``'s device. Half-precision
-    inputs are computed in float32.
+    ``u = φ_s(h)``; ``c = u − μ`` (``mean`` μ ``(d,)``, the fit-time neutral mean in
+    feature space; ``c = u`` without it, the paper's edit); ``z = P+ c + P- c``; merge
+    ``norm``: ``z · ‖c‖ / ‖z‖`` per token, ``mean``: ``z / 2``; ``h' = φ_s^{-1}(μ + z)``
+    (sign from ``h`` where φ needs it); result ``h + α (h' − h)``. ``pos``/``neg``/``mean``
+    must share ``h``'s device. Half-precision inputs are computed in float32.
     """
     merge = Merge.parse(merge, "merge")
     compute = torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
@@ -77,11 +79,14 @@ def spectral_edit(
     pos = pos.to(compute)
     neg = neg.to(compute)
     u = x if feature is None or feature.is_identity else feature.forward(x, scale)
-    z = (u @ pos) @ pos.T + u - (u @ neg) @ neg.T
+    c = u if mean is None else u - mean.to(compute)
+    z = (c @ pos) @ pos.T + c - (c @ neg) @ neg.T
     if merge is Merge.NORM:
         tiny = torch.finfo(compute).tiny
-        z = z * (u.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(tiny))
+        z = z * (c.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(tiny))
     else:
         z = z / 2
+    if mean is not None:
+        z = z + mean.to(compute)
     edited = z if feature is None or feature.is_identity else feature.inverse(z, scale, x)
     return (x + alpha * (edited - x)).to(h.dtype)

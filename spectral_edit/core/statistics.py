@@ -144,6 +144,11 @@ class SpectralStatistics:
         if self.count == 0:
             raise ValueError("no demonstrations were added to the fitter")
 
+    def neutral_means(self) -> torch.Tensor:
+        """``(L, d)`` float64: the neutral activations' mean per layer (feature space)."""
+        self._require_data()
+        return self.sum_neutral / self.count
+
     def covariances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Ω+, Ω-)``, each ``(L, d, d)`` float64 (centred if the statistics are)."""
         self._require_data()

@@ -24,9 +24,10 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 import torch
 from torch import nn
 
-from ..core.options import Site
+from ..core.options import Positions, Site
 from ..hf.hooks import HookFn, HookHandle, HookSite, add_hooks
 from ..hf.layers import site_modules
+from ..hf.positions import PositionTracker
 from .file_format import (
     EditorFileError,
     EditorFormat,
@@ -193,8 +194,28 @@ class SiteEditor(EditorBase):
         model: nn.Module,
         layers: Sequence[int],
         edit: Callable[[int, torch.Tensor], torch.Tensor],
+        positions: Positions = Positions.ALL,
     ) -> HookHandle:
-        """Check the model, then apply ``edit(layer, hidden)`` at each layer's site."""
-        return self._hook_modules(
-            model, lambda: site_modules(model, layers, self.site, self.layer_path), edit
-        )
+        """Check the model, then apply ``edit(layer, hidden)`` at each layer's site, on the
+        ``positions`` chosen (:mod:`spectral_edit.hf.positions`; the other positions keep
+        their exact values)."""
+        if positions is Positions.ALL:
+            return self._hook_modules(
+                model, lambda: site_modules(model, layers, self.site, self.layer_path), edit
+            )
+        tracker = PositionTracker()
+
+        def restricted(layer: int, hidden: torch.Tensor) -> torch.Tensor:
+            keep = tracker.keep_mask(hidden, positions)
+            edited = edit(layer, hidden)
+            return edited if keep is None else torch.where(keep, edited, hidden)
+
+        tracking = tracker.attach(model)
+        try:
+            handle = self._hook_modules(
+                model, lambda: site_modules(model, layers, self.site, self.layer_path), restricted
+            )
+        except BaseException:
+            tracking.remove()
+            raise
+        return HookHandle.join(handle, tracking)

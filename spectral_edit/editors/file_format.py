@@ -151,12 +151,15 @@ class TensorField:
 
     ``field`` holds one tensor, stored under ``name`` (``per`` is ``None``), or a tuple
     of tensors, one per entry of the header field ``per`` (e.g. ``layers``), stored under
-    ``name.format(entry)`` (e.g. ``"layer.{}.pos"`` → ``layer.3.pos``).
+    ``name.format(entry)`` (e.g. ``"layer.{}.pos"`` → ``layer.3.pos``). An ``optional``
+    field may be ``None``: then no tensor is written, and a file without its tensors
+    reads back as ``None``.
     """
 
     field: str
     name: str
     per: str | None = None
+    optional: bool = False
 
     def names(self, entries: Any) -> list[str]:
         """The file names of the tensors for ``entries`` (the ``per`` field's value)."""
@@ -176,6 +179,9 @@ class EditorFormat:
         optional: header fields a file may lack (the field's default is used).
         written_only: header entries written for readers of the file (e.g. a derived
             property) but not read back.
+        omitted_at_default: header fields written only when they differ from the field's
+            default (options added in a later release: files that do not use them stay
+            byte-identical to earlier ones); a file without them reads the default.
     """
 
     name: str
@@ -184,20 +190,30 @@ class EditorFormat:
     tensors: tuple[TensorField, ...]
     optional: tuple[str, ...] = ("layer_path", "metadata")
     written_only: tuple[str, ...] = ()
+    omitted_at_default: tuple[str, ...] = ()
 
     @property
     def required(self) -> tuple[str, ...]:
         """The header fields every file of this format has."""
-        skip = {*self.optional, *self.written_only}
+        skip = {*self.optional, *self.written_only, *self.omitted_at_default}
         return tuple(key for key in self.header if key not in skip)
 
     def encode(self, editor: object) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """``(tensors, header)`` of ``editor``; the header starts with the format."""
         header: dict[str, Any] = {"format": self.name, "format_version": self.version}
-        header.update({key: getattr(editor, key) for key in self.header})
+        defaults = {f.name: f.default for f in dataclasses.fields(editor)}  # type: ignore[arg-type]
+        header.update(
+            {
+                key: getattr(editor, key)
+                for key in self.header
+                if key not in self.omitted_at_default or getattr(editor, key) != defaults[key]
+            }
+        )
         tensors: dict[str, torch.Tensor] = {}
         for spec in self.tensors:
             value = getattr(editor, spec.field)
+            if value is None and spec.optional:
+                continue
             if spec.per is None:
                 tensors[spec.name] = value
             else:
@@ -222,6 +238,11 @@ class EditorFormat:
                 except (TypeError, ValueError) as error:
                     raise type(error)(f"header field {key!r}: {error}") from error
         names = {spec: spec.names(fields[spec.per] if spec.per else ()) for spec in self.tensors}
+        names = {
+            spec: group
+            for spec, group in names.items()
+            if not (spec.optional and not any(name in tensors for name in group))
+        }
         expected = {name for group in names.values() for name in group}
         if set(tensors) != expected:
             raise EditorFileError(

@@ -2,12 +2,16 @@
 
 An editor holds only what inference needs: for each edited layer ``l`` the factors
 ``U+_l (d, k+_l)`` and ``U-_l (d, k-_l)`` (orthonormal columns), the site, the merge,
-the strength α, the feature map with its per-layer scale, and descriptive metadata.
-It is immutable; ``with_options`` returns a changed copy.
+the strength α, the feature map with its per-layer scale, the fit-time neutral mean per
+layer ``μ_l (d,)`` (in feature space; for the centred edit), which positions are edited,
+and descriptive metadata. It is immutable; ``with_options`` returns a changed copy.
 
 File format (``spectral-edit/sea`` version 1, see :mod:`.file_format`): tensors
-``layer.{l}.pos`` / ``layer.{l}.neg`` (float32) and a header with the options, the
-per-layer scales, the ranks (written for readers only) and ``metadata``.
+``layer.{l}.pos`` / ``layer.{l}.neg`` (float32), ``layer.{l}.mean`` where the means were
+stored (editors fitted by this release), and a header with the options, the per-layer
+scales, the ranks (written for readers only) and ``metadata``; ``center_edit`` and
+``positions`` are written only when not at their defaults (the paper's edit), so editors
+that do not use them are byte-identical to earlier files.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 from ..core.features import get_feature_map
-from ..core.options import Feature, Merge, Site
+from ..core.options import Feature, Merge, Positions, Site
 from ..core.spectral import dense_projections, spectral_edit
 from ..hf.hooks import HookHandle
 from .base import SiteEditor
@@ -44,6 +48,9 @@ class SpectralEditor(SiteEditor):
     edit_layers: tuple[int, ...] | None = None
     layer_path: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    means: tuple[torch.Tensor, ...] | None = None
+    center_edit: bool = False
+    positions: Positions = Positions.ALL
 
     FORMAT = EditorFormat(
         "spectral-edit/sea",
@@ -61,13 +68,17 @@ class SpectralEditor(SiteEditor):
             "layer_path",
             "ranks",
             "metadata",
+            "center_edit",
+            "positions",
         ),
         tensors=(
             TensorField("pos_factors", "layer.{}.pos", per="layers"),
             TensorField("neg_factors", "layer.{}.neg", per="layers"),
+            TensorField("means", "layer.{}.mean", per="layers", optional=True),
         ),
         optional=("feature_scales", "edit_layers", "layer_path", "metadata"),
         written_only=("ranks",),
+        omitted_at_default=("center_edit", "positions"),
     )
 
     def __post_init__(self) -> None:
@@ -81,6 +92,18 @@ class SpectralEditor(SiteEditor):
                         f"layer {layer} {name} factor has shape {tuple(factor.shape)}, "
                         f"expected ({self.hidden_size}, k>=1)"
                     )
+        if self.means is not None and (
+            len(self.means) != len(self.layers)
+            or any(tuple(m.shape) != (self.hidden_size,) for m in self.means)
+        ):
+            raise ValueError(f"means must be one ({self.hidden_size},) vector per layer")
+        if self.center_edit and self.means is None:
+            raise ValueError(
+                "the centred edit needs the fit-time neutral means, which this editor lacks "
+                "(refit it with this release)"
+            )
+        object.__setattr__(self, "center_edit", bool(self.center_edit))
+        object.__setattr__(self, "positions", Positions.parse(self.positions, "positions"))
         object.__setattr__(self, "merge", Merge.parse(self.merge, "merge"))
         object.__setattr__(self, "feature", get_feature_map(self.feature).name)
         if self.feature is not Feature.LINEAR and (
@@ -131,9 +154,16 @@ class SpectralEditor(SiteEditor):
         alpha: float | None = None,
         merge: Merge | str | None = None,
         layers: Sequence[int] | None = None,
+        center_edit: bool | None = None,
+        positions: Positions | str | None = None,
     ) -> SpectralEditor:
-        """A copy with another strength, merge, or subset of the fitted layers to edit."""
+        """A copy with another strength, merge, subset of the fitted layers to edit,
+        centring of the edit, or positions edited."""
         changes: dict[str, Any] = {}
+        if center_edit is not None:
+            changes["center_edit"] = center_edit
+        if positions is not None:
+            changes["positions"] = positions
         if alpha is not None:
             changes["alpha"] = float(alpha)
         if merge is not None:
@@ -146,24 +176,39 @@ class SpectralEditor(SiteEditor):
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> SpectralEditor:
         """A copy whose factors live on ``device`` with ``dtype``."""
+        means = None if self.means is None else tuple(m.to(device, dtype) for m in self.means)
         return dataclasses.replace(
             self,
             pos_factors=tuple(f.to(device=device, dtype=dtype) for f in self.pos_factors),
             neg_factors=tuple(f.to(device=device, dtype=dtype) for f in self.neg_factors),
+            means=means,
         )
+
+    def mean(self, layer: int) -> torch.Tensor | None:
+        """The fit-time neutral mean ``(d,)`` of one layer, if stored."""
+        return None if self.means is None else self.means[self._index(layer)]
+
+    def _placed(
+        self, layer: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(U+, U-, μ or None)`` of ``layer`` on ``device`` (μ only for the centred edit)."""
+        pos, neg = self.factors(layer)
+        mean = self.mean(layer) if self.center_edit else None
+        return pos.to(device), neg.to(device), None if mean is None else mean.to(device)
 
     def edit(
         self,
         hidden: torch.Tensor,
         layer: int,
-        factors: tuple[torch.Tensor, torch.Tensor] | None = None,
+        placed: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """The edited activations ``(..., d)`` of ``layer`` (pure function, no hooks).
+        """The edited activations ``(..., d)`` of ``layer`` at every position (pure
+        function, no hooks; ``positions`` is the hooks' business).
 
-        ``factors``: the layer's ``(U+, U-)`` already on ``hidden``'s device (the hooks
+        ``placed``: the layer's ``(U+, U-, μ)`` already on ``hidden``'s device (the hooks
         pass cached copies); default: moved from the editor on each call.
         """
-        pos, neg = factors or (f.to(hidden.device) for f in self.factors(layer))
+        pos, neg, mean = placed or self._placed(layer, hidden.device)
         return spectral_edit(
             hidden,
             pos,
@@ -172,18 +217,18 @@ class SpectralEditor(SiteEditor):
             alpha=self.alpha,
             feature=get_feature_map(self.feature),
             scale=self.scale(layer),
+            mean=mean,
         )
 
     # ----------------------------------------------------------------- application
     def attach(self, model: nn.Module) -> HookHandle:
         """Edit ``model`` until ``handle.remove()``; factors follow each layer's device/dtype."""
-        placed: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        placed: dict[tuple[int, torch.device], Any] = {}
 
         def hook(layer: int, hidden: torch.Tensor) -> torch.Tensor:
             key = (layer, hidden.device)
             if key not in placed:
-                pos, neg = self.factors(layer)
-                placed[key] = (pos.to(hidden.device), neg.to(hidden.device))
+                placed[key] = self._placed(layer, hidden.device)
             return self.edit(hidden, layer, placed[key])
 
-        return self._hook(model, self.active_layers, hook)
+        return self._hook(model, self.active_layers, hook, self.positions)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..core.features import get_feature_map, rms_scale
-from ..core.options import Feature, Merge, Site, SvdRoute
+from ..core.options import Feature, Merge, Positions, Site, SvdRoute
 from ..core.spectral import choose_rank, energy_fractions
 from ..core.statistics import ArrayLike, SpectralStatistics, as_activations
 from .sea import SpectralEditor
@@ -73,12 +73,16 @@ class SpectralFitter(SpectralStatistics):
         alpha: float = 1.0,
         layer_path: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        center_edit: bool = False,
+        positions: Positions | str = Positions.ALL,
     ) -> SpectralEditor:
         """SVD each layer's Ω± and keep the top ``k+`` / ``k-`` left singular vectors.
 
         Ranks come from energy ratios unless ``pos_rank``/``neg_rank`` fix them.
         ``metadata["layer_stats"]`` records per layer the ranks, the energy of the top
         direction and of the kept ones, the signature and (Φ-SEA) the clipped share.
+        The neutral mean per layer (feature space) is stored for the centred edit
+        (``center_edit``); ``positions`` chooses the positions edited.
         """
         merge = Merge.parse(merge, "merge")
         route = self.svd_route
@@ -135,6 +139,9 @@ class SpectralFitter(SpectralStatistics):
             edit_layers=None if edit_layers is None else tuple(sorted(set(edit_layers))),
             layer_path=layer_path,
             metadata=info,
+            means=tuple(m.float().cpu().contiguous() for m in self.neutral_means()),
+            center_edit=center_edit,
+            positions=Positions.parse(positions, "positions"),
         )
 
     def _warn_clipped(self, clipped: Sequence[float]) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..hf.heads import decoder_and_head, lm_head_logits
+from ..hf.positions import prompt_boundary
 from ..hf.tokens import (
     accepts_position_ids,
     cache_kwargs,
@@ -115,12 +116,22 @@ class _Prefix:
         if not text:
             return cls([])
         ids = encode(tokenizer, text)
-        hidden, cache = run(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), None, 0)
+        # every prompt that shares the prefix is longer than it (see split): no prefix
+        # position is after a prompt's last token, so no position-restricted edit acts here
+        with prompt_boundary([len(ids) + 1]):
+            hidden, cache = run(
+                torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), None, 0
+            )
         return cls(ids, cache, hidden[:, -1])
 
     def split(self, context_ids: list[int]) -> tuple[bool, list[int]]:
-        """Whether ``context_ids`` start with the prefix, and the ids after it (or all)."""
-        shared = bool(self.ids) and context_ids[: len(self.ids)] == self.ids
+        """Whether ``context_ids`` start with the prefix and go on after it, and the ids
+        after it (or all, for a context that is not longer than the prefix)."""
+        shared = (
+            bool(self.ids)
+            and len(context_ids) > len(self.ids)
+            and context_ids[: len(self.ids)] == self.ids
+        )
         return shared, context_ids[len(self.ids) :] if shared else context_ids
 
 
@@ -179,17 +190,18 @@ def score_requests(
         shared, rest = prefix.split(context_ids)
         past = copy.deepcopy(prefix.cache) if shared else None
         past_len = len(prefix.ids) if shared else 0
-        if rest:
-            ones = torch.ones(1, len(rest), dtype=torch.long)
-            hidden, past = run(torch.tensor([rest]), ones, past, past_len)
-            last = hidden[:, -1]
-            past_len += len(rest)
-        else:
-            last = prefix.last
         scores: list[ContinuationScore] = []
-        for start in range(0, len(targets), batch_size):
-            chunk = targets[start : start + batch_size]
-            scores.extend(_score_chunk(model, run, readout, chunk, last, past, past_len, pad))
+        with prompt_boundary([len(context_ids)]):
+            if rest:
+                ones = torch.ones(1, len(rest), dtype=torch.long)
+                hidden, past = run(torch.tensor([rest]), ones, past, past_len)
+                last = hidden[:, -1]
+                past_len += len(rest)
+            else:
+                last = prefix.last
+            for start in range(0, len(targets), batch_size):
+                chunk = targets[start : start + batch_size]
+                scores.extend(_score_chunk(model, run, readout, chunk, last, past, past_len, pad))
         results.append(scores)
         bar.update(1)
     bar.close()
@@ -218,6 +230,10 @@ def _score_packed(
         shared, rest = prefix.split(context_ids)
         for c, target in enumerate(continuation_ids):
             items.append((r, c, shared, rest + target, len(rest) - 1, len(target)))
+    prompt_lengths = {  # (request, choice) → real tokens of its prompt (prefix included)
+        (r, c): len(tokens) - n + (len(prefix.ids) if shared else 0)
+        for r, c, shared, tokens, _, n in items
+    }
     results: list[list[ContinuationScore | None]] = [
         [None] * len(request.continuations) for request in requests
     ]
@@ -237,7 +253,8 @@ def _score_packed(
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
         past, past_len = (_expand(prefix.cache, len(rows)), len(prefix.ids)) if kind else (None, 0)
-        hidden, _ = run(ids, mask, past, past_len)
+        with prompt_boundary([prompt_lengths[items[i][0], items[i][1]] for i in rows]):
+            hidden, _ = run(ids, mask, past, past_len)
         predictors: list[torch.Tensor] = []
         targets: list[int] = []
         for row, i in enumerate(rows):

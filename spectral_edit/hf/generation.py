@@ -10,6 +10,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedTokenizerBase
 
 from ..util.progress import progress_bar
+from .positions import prompt_boundary
 from .tokens import encode, model_inputs, pad_batch, pad_id_of
 
 ANSWER_STOPS = ("\n\n", "\nQ:")
@@ -38,6 +39,8 @@ def generate_greedy(
     Batches are left-padded with positions counted over real tokens; each sequence stops
     as soon as one of ``stops`` appears in its new text (or at EOS / ``max_new_tokens``).
     Returns the new text only (the prompt is not repeated), in the order of ``prompts``.
+    Each prompt is the prompt boundary of a position-restricted edit
+    (:func:`~spectral_edit.hf.positions.prompt_boundary`).
     """
     pad = pad_id_of(tokenizer)
     encoded = [encode(tokenizer, p) for p in prompts]
@@ -49,14 +52,15 @@ def generate_greedy(
         ids, mask, _ = pad_batch([encoded[i] for i in rows], pad, "left")
         kwargs = model_inputs(model, ids, mask, _)
         kwargs.pop("position_ids", None)  # generate() derives positions from the mask
-        generated = cast(GenerationMixin, model).generate(
-            **kwargs,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            stop_strings=list(stops) if stops else None,
-            tokenizer=tokenizer,
-            pad_token_id=pad,
-        )
+        with prompt_boundary([len(encoded[i]) for i in rows]):
+            generated = cast(GenerationMixin, model).generate(
+                **kwargs,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                stop_strings=list(stops) if stops else None,
+                tokenizer=tokenizer,
+                pad_token_id=pad,
+            )
         for row, sequence in zip(rows, generated[:, ids.shape[1] :], strict=True):
             text = tokenizer.decode(sequence, skip_special_tokens=True)
             assert isinstance(text, str)  # one sequence decodes to one string

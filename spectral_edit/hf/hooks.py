@@ -65,6 +65,15 @@ class HookHandle:
         while self._handles:
             self._handles.pop().remove()
 
+    @classmethod
+    def join(cls, *handles: HookHandle) -> HookHandle:
+        """One handle owning the hooks of ``handles`` (which give them up)."""
+        owned: list[torch.utils.hooks.RemovableHandle] = []
+        for handle in handles:
+            owned.extend(handle._handles)
+            handle._handles = []
+        return cls(owned)
+
     def __enter__(self) -> HookHandle:
         return self
 
@@ -72,9 +81,7 @@ class HookHandle:
         self.remove()
 
 
-def add_hooks(
-    modules: Mapping[K, nn.Module], fn: HookFn, *, on: HookSite = "output"
-) -> HookHandle:
+def add_hooks(modules: Mapping[K, nn.Module], fn: HookFn, *, on: HookSite = "output") -> HookHandle:
     """Register ``fn`` on each module (see the module docstring for ``on``); keys are
     passed back to ``fn``.
 
