@@ -115,6 +115,12 @@ def test_compare_reports_fails_per_method_and_resumes(tmp_path, data_dir):
         assert (tmp_path / name).stat().st_size > 0
     markdown = (tmp_path / "report.md").read_text()
     assert "failed: RuntimeError: planted failure" in markdown and "| mean-diff |" in markdown
+    # harm beside truthfulness: none is the reference itself (KL exactly 0, the same
+    # generations); a real edit moves the distribution; DoLa has no hooks to measure
+    assert rows["none"]["harm"]["kl_mean"] == 0.0 and rows["none"]["harm"]["changed"] == 0
+    assert rows["mean-diff"]["harm"]["kl_mean"] > 0
+    assert rows["dola"]["harm"] is None
+    assert rows["mean-diff"]["samples"] and "## Generations" in markdown
 
     calls.clear()
     again = run_compare(

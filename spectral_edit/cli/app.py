@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from . import compare, demos, evaluate, fit, generate
+from . import (
+    compare,
+    demos,
+    eval_generation,  # noqa: F401  (registers `sea eval truthfulqa-gen` on the eval app)
+    eval_harm,  # noqa: F401  (registers `sea eval harm` on the eval app)
+    evaluate,
+    fit,
+    generate,
+    tune,
+)
 
 app = typer.Typer(
     help="Spectral Editing of Activations (SEA): fit, apply and evaluate activation edits.",
@@ -18,3 +27,4 @@ app.command()(generate.generate)
 app.command()(fit.info)
 app.command()(compare.compare)
 app.command()(compare.demo)
+app.command()(tune.tune)

@@ -64,6 +64,16 @@ def compare(
         JobNeutral, typer.Option(help="SEA neutral answers: generate or prompt.")
     ] = Neutral.GENERATE,
     seed: Annotated[int, typer.Option(help="Seed for demonstrations and fitting.")] = 0,
+    harm_texts: Annotated[
+        int,
+        typer.Option(
+            help="Neutral texts for the KL harm measure of each chosen setting, beside "
+            "free generations (0 = no harm measures)."
+        ),
+    ] = 16,
+    harm_gen_tokens: Annotated[
+        int, typer.Option(help="New tokens per free generation of the harm measure.")
+    ] = 48,
     out: Annotated[Path, typer.Option(help="Report folder (reruns resume).")] = Path(
         "runs/compare"
     ),
@@ -89,15 +99,18 @@ def compare(
             if demos is not None
             else load_truthfulness_demos(n_demos, data_dir, seed, console.print).demos
         )
-    options = CompareOptions(
-        methods=tuple(names),
-        control_tasks=tuple(t.strip() for t in control_tasks.split(",") if t.strip()),
-        control_limit=control_limit or None,
-        neutral=neutral,
-        batch_size=batch_size,
-        seed=seed,
-        both_directions=both_directions,
-    )
+    with failing_on(ValueError):
+        options = CompareOptions(
+            methods=tuple(names),
+            control_tasks=tuple(t.strip() for t in control_tasks.split(",") if t.strip()),
+            control_limit=control_limit or None,
+            neutral=neutral,
+            batch_size=batch_size,
+            seed=seed,
+            both_directions=both_directions,
+            harm_texts=harm_texts,
+            harm_gen_tokens=harm_gen_tokens,
+        )
     lm, tokenizer = load(model, dtype, device_map)
     report = run_compare(
         lm,

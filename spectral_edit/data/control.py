@@ -273,11 +273,15 @@ multiple-choice task; GSM8K (scored by generation, slow) only when asked for."""
 
 
 def load_control_task(
-    name: str, data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[ChoiceItem] | list[GSM8KItem]:
     """Load control task ``name`` (a :data:`CONTROL_TASKS` key) from the data directory.
 
-    ``limit`` keeps the first ``limit`` items (file order), ``None`` keeps all.
+    ``offset`` skips the first ``offset`` items (file order); ``limit`` then keeps the
+    next ``limit`` items, ``None`` keeps all (items ``[offset, offset + limit)``).
 
     Raises:
         KeyError: unknown task name (the message lists the known ones).
@@ -288,6 +292,8 @@ def load_control_task(
         raise KeyError(f"unknown control task {name!r}; known: {sorted(CONTROL_TASKS)}")
     if limit is not None and (isinstance(limit, bool) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+    if isinstance(offset, bool) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
     relpath, loader = CONTROL_TASKS[name]
-    items = loader(resolve(relpath, data_dir))
+    items = loader(resolve(relpath, data_dir))[offset:]
     return items if limit is None else items[:limit]

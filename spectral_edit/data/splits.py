@@ -18,7 +18,15 @@ from typing import Literal
 
 from .bbq import BBQItem, load_bbq_dir
 from .locate import resolve
-from .truthfulqa import MCQuestion, load_fold, load_mc_task, split_mc_by_fold
+from .truthfulqa import (
+    MCQuestion,
+    TruthfulQARow,
+    load_fold,
+    load_mc_task,
+    load_truthfulqa_csv,
+    normalize_question,
+    split_mc_by_fold,
+)
 
 BBQ_MAX_PER_TEMPLATE = 20
 """Demonstrations drawn from one BBQ template at most in :func:`bbq_split` (spreads the
@@ -154,6 +162,23 @@ def truthfulqa_questions(
     if fold is not None:
         questions = split_mc_by_fold(questions, load_fold(fold, data_dir))
     return questions if limit is None else questions[:limit]
+
+
+def truthfulqa_rows(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    fold: int | None = None,
+    limit: int | None = None,
+) -> list[TruthfulQARow]:
+    """Rows of ``truthfulqa/TruthfulQA.csv`` (the generation task's questions and
+    references): all of them, or those whose question is in SEA fold 1 or 2 (CSV order
+    kept); the first ``limit`` (``None`` = all). The same selection as
+    :func:`truthfulqa_questions` makes of the multiple-choice questions."""
+    rows = load_truthfulqa_csv(resolve("truthfulqa/TruthfulQA.csv", data_dir))
+    if fold is not None:
+        wanted = {normalize_question(r.question) for r in load_fold(fold, data_dir)}
+        rows = [r for r in rows if normalize_question(r.question) in wanted]
+    return rows if limit is None else rows[:limit]
 
 
 def truthfulqa_folds(

@@ -96,6 +96,7 @@ def evaluate_control(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None,
+    offset: int = 0,
     batch_size: int = 16,
     readout: Readout = FINAL,
     progress: bool = False,
@@ -105,13 +106,16 @@ def evaluate_control(
     Files are found with :func:`~spectral_edit.data.locate.resolve` under ``data_dir``
     (``control/<file>.jsonl``). ``limit`` keeps the first ``limit`` items of each
     multiple-choice task and the first ``limit`` evaluated GSM8K items (after its 5
-    default exemplars are set aside). GSM8K uses :func:`evaluate_gsm8k`'s defaults.
+    default exemplars are set aside); ``offset`` first skips that many items of each
+    multiple-choice task (items ``[offset, offset + limit)``: disjoint item sets for
+    tuning and reporting; GSM8K takes no offset). GSM8K uses :func:`evaluate_gsm8k`'s
+    defaults.
     ``readout`` scores the multiple-choice tasks; GSM8K is generated with the model's own
     head, so under another readout (DoLa) it is a :class:`SkippedTask`.
 
     Raises:
         KeyError: an unknown task name (checked before anything runs).
-        ValueError: no tasks, or a task named twice.
+        ValueError: no tasks, a task named twice, or GSM8K with ``offset > 0``.
         DataFileMissing / DataFormatError: from loading.
     """
     if not tasks:
@@ -121,6 +125,8 @@ def evaluate_control(
         raise KeyError(f"unknown control task(s) {unknown}; known: {sorted(CONTROL_TASKS)}")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"evaluate_control: a task is named twice in {list(tasks)}")
+    if offset and "gsm8k" in tasks:
+        raise ValueError("evaluate_control: GSM8K takes no offset (its exemplars come first)")
     started = time.perf_counter()
     results: dict[str, TaskResult] = {}
     for name in tasks:
@@ -135,7 +141,9 @@ def evaluate_control(
                 model, tokenizer, gsm_items, limit=limit, batch_size=batch_size, progress=label
             )
         else:
-            choice_items = cast(list[ChoiceItem], load_control_task(name, data_dir, limit=limit))
+            choice_items = cast(
+                list[ChoiceItem], load_control_task(name, data_dir, limit=limit, offset=offset)
+            )
             results[name] = evaluate_choice_task(
                 model,
                 tokenizer,

@@ -7,8 +7,10 @@ caller); the setting with the best mean of MC1 and MC2 there is reported on fold
 reported question was used to choose its own setting. With ``both_directions`` the
 reverse is run too (tune on fold 2, report on fold 1) and the headline is the
 question-weighted average of the two held-out results. The selected settings are then
-run on the control tasks, and the first direction's choice is timed against the
-unedited model (:mod:`spectral_edit.experiments.overhead`).
+run on the control tasks and the harm measures (KL on neutral text, free generation:
+:mod:`spectral_edit.evaluate.harm`, against one unedited reference per run), and the first
+direction's choice is timed against the unedited model
+(:mod:`spectral_edit.experiments.overhead`).
 
 Persistence is the protocol's, in the one store (:mod:`spectral_edit.experiments.store`):
 the shared activations (``out/activations.safetensors``), each method's prepared editor
@@ -34,10 +36,20 @@ from ..data.truthfulqa import MCQuestion
 from ..demos.activations import DemoActivations
 from ..demos.format import Demonstration
 from ..evaluate.control import evaluate_control
+from ..evaluate.harm import HarmReference, build_harm_reference, evaluate_harm, harm_prompts
+from ..evaluate.harm import neutral_texts as load_neutral_texts
 from ..evaluate.truthfulqa import evaluate_truthfulqa
 from ..util.report import write_json
 from .compare_report import CompareReport
-from .compare_results import CompareOptions, ControlRun, MethodFailure, MethodResult, Unit
+from .compare_results import (
+    HARM_OPTIONS,
+    CompareOptions,
+    ControlRun,
+    HarmRun,
+    MethodFailure,
+    MethodResult,
+    Unit,
+)
 from .folds import DIRECTIONS, Direction, best_on_fold
 from .methods import METHODS, FitContext, Intervention, MethodSpec
 from .overhead import OverheadTiming, measure_overhead, tokens_processed
@@ -46,6 +58,44 @@ from .store import Store, options_key
 
 ACTIVATIONS = "activations"
 PREPARED = "prepared"
+HARM_SAMPLES = 3
+"""Generations kept per harm unit (side by side in the report)."""
+
+
+@dataclass
+class _HarmBaseline:
+    """The unedited side of the harm measures, built on first use and shared by every
+    method of a run (:func:`~spectral_edit.evaluate.harm.build_harm_reference`)."""
+
+    ctx: FitContext
+    options: CompareOptions
+    data_dir: str | Path | None
+    progress: bool
+    questions: Sequence[str] = ()
+    built: HarmReference | None = None
+
+    @property
+    def key(self) -> dict[str, Any]:
+        """What the harm units depend on besides the setting."""
+        return {k: getattr(self.options, k) for k in HARM_OPTIONS} | {
+            "data_dir": str(self.data_dir),
+            "questions": list(self.questions),
+        }
+
+    def reference(self) -> HarmReference:
+        if self.built is None:
+            o = self.options
+            self.built = build_harm_reference(
+                self.ctx.model,
+                self.ctx.tokenizer,
+                texts=load_neutral_texts(self.data_dir, limit=o.harm_texts),
+                prompts=harm_prompts(self.questions),
+                max_tokens=o.harm_max_tokens,
+                gen_tokens=o.harm_gen_tokens,
+                batch_size=min(o.batch_size, 8),
+                progress="harm reference" if self.progress else False,
+            )
+        return self.built
 
 
 @dataclass
@@ -159,6 +209,24 @@ class _MethodRun:
         key = self._unit_key(setting, data_dir=str(data_dir))
         return self.store.run(f"{setting_id(setting)}--control", key, run_control)
 
+    def harm(self, setting: Any, baseline: _HarmBaseline) -> HarmRun:
+        """The stored (or now measured) harm of ``setting``: KL on the neutral texts and
+        the free generations, against the run's unedited reference."""
+
+        def measure() -> dict[str, Any]:
+            intervention, _ = self.intervention(setting)
+            result = evaluate_harm(
+                self.ctx.model, self.ctx.tokenizer, intervention.editor, baseline.reference()
+            )
+            samples = [
+                {k: r[k] for k in ("kind", "prompt", "unedited", "edited")}
+                for r in result.records[:HARM_SAMPLES]
+            ]
+            return {"summary": result.summary, "samples": samples}
+
+        key = self._unit_key(setting, harm=baseline.key)
+        return self.store.run(f"{setting_id(setting)}--harm", key, measure)
+
     def overhead(
         self, setting: Any, questions: Sequence[MCQuestion], batch_size: int
     ) -> OverheadTiming:
@@ -234,7 +302,7 @@ def run_compare(
     chosen = {
         k: v
         for k, v in asdict(options).items()
-        if k not in ("both_directions", "overhead_questions")
+        if k not in ("both_directions", "overhead_questions", *HARM_OPTIONS)
     }
     base_key = {**chosen, "demos": demos_key, "methods": None}
     shared = _SharedActivations(Store(out), {**base_key, "capture": "all-layers"})
@@ -249,6 +317,9 @@ def run_compare(
     )
     if any(registry[name].uses_activations for name in options.methods):
         shared.load_into(ctx)
+    # the QA prompts of the free generations: the first held-out questions
+    qa = [q.question for q in folds[2][: options.harm_qa_prompts]]
+    baseline = _HarmBaseline(ctx, options, data_dir, progress, qa)
     methods: dict[str, MethodResult | MethodFailure] = {}
     for name in options.methods:
         spec = registry[name]
@@ -260,7 +331,7 @@ def run_compare(
             if spec.uses_activations:  # capture (and keep) them before anything else
                 ctx.activations()
                 shared.keep(ctx)
-            methods[name] = _run_method(run, folds, options, data_dir, progress)
+            methods[name] = _run_method(run, folds, options, data_dir, progress, baseline)
         except Exception as error:  # noqa: BLE001 - one method's failure must not stop others
             message = f"{type(error).__name__}: {error}"
             echo(f"{name} failed: {message}")
@@ -282,8 +353,11 @@ def _run_method(
     options: CompareOptions,
     data_dir: str | Path | None,
     progress: bool,
+    baseline: _HarmBaseline,
 ) -> MethodResult:
-    """The protocol for one method: tune, report, control runs, overhead timing."""
+    """The protocol for one method: tune, report, control runs, harm measures (where
+    ``options.harm_texts``; DoLa's readout has no hooks to generate with and is skipped),
+    overhead timing."""
     grid = run.spec.grid
     run.units = {setting_id(s): {} for s in grid}
     selections: dict[Direction, Any] = {}
@@ -297,6 +371,9 @@ def _run_method(
         selections[direction] = best
     chosen = {setting_id(s): s for s in selections.values()}
     control = {sid: run.control(s, options, data_dir, progress) for sid, s in chosen.items()}
+    harm = None
+    if options.harm_texts and run.spec.name != "dola":
+        harm = {sid: run.harm(s, baseline) for sid, s in chosen.items()}
     primary = selections[DIRECTIONS[0]]
     overhead = run.overhead(primary, folds[2][: options.overhead_questions], options.batch_size)
     run.store.path("error.json").unlink(missing_ok=True)
@@ -306,4 +383,5 @@ def _run_method(
         {d: setting_id(s) for d, s in selections.items()},
         control,
         overhead,
+        harm,
     )

@@ -24,6 +24,10 @@ HEADERS = [
     "MC2",
     "MC3",
     "control avg",
+    "KL mean",
+    "KL p95",
+    "rep-4 %",
+    "fluency ppl",
     "fit s",
     "eval s",
     "overhead ms/tok",
@@ -90,6 +94,10 @@ class CompareReport:
                     s.mc2,
                     s.mc3,
                     s.control_average,
+                    s.harm_value("kl_mean"),
+                    s.harm_value("kl_p95"),
+                    s.harm_value("repeat4"),
+                    s.harm_value("fluency_ppl"),
                     s.fit_seconds,
                     s.eval_seconds,
                     s.overhead.ms_per_token,
@@ -114,7 +122,13 @@ class CompareReport:
             "TruthfulQA scoring time of the held-out run(s). Overhead: extra scoring time per "
             "token against the unedited model, both timed back to back on the first "
             f"{o.overhead_questions} held-out questions (fastest of "
-            f"{OVERHEAD_REPEATS}); `none` shows the timing noise.",
+            f"{OVERHEAD_REPEATS}); `none` shows the timing noise. Harm of the fold-1 choice: "
+            f"KL(edited ‖ unedited) of the next-token distribution per token (nats) on "
+            f"{o.harm_texts} neutral texts (HaluEval general ChatGPT responses, at most "
+            f"{o.harm_max_tokens} tokens each), and on greedy generations of "
+            f"{o.harm_qa_prompts} TruthfulQA prompts and the open prompts (at most "
+            f"{o.harm_gen_tokens} new tokens): repeated 4-grams (percent) and the unedited "
+            "model's perplexity of the generated text.",
             "",
             self.table().markdown(),
             "## Selected settings",
@@ -145,6 +159,7 @@ class CompareReport:
         for name, s in ok.items():
             for task, why in s.control_skipped.items():
                 lines.append(f"- {name}: {task} skipped ({why})")
+        lines += self._generations()
         lines += ["", "## Tuning (every setting scored: MC1 / MC2)", ""]
         tuning_rows = []
         for name, s in ok.items():
@@ -156,6 +171,23 @@ class CompareReport:
                 tuning_rows.append([name, sid, *cells])
         lines.append(markdown_table(["method", "setting", "fold 1", "fold 2"], tuning_rows))
         return lines
+
+    def _generations(self) -> list[str]:
+        """A few generations of each method's fold-1 choice beside the unedited model's."""
+        rows = [
+            [name, sample["prompt"][-80:], sample["unedited"], sample["edited"]]
+            for name, s in self.summaries.items()
+            for sample in s.samples
+        ]
+        if not rows:
+            return []
+        cells = [[" ".join(str(c).split()) for c in row] for row in rows]
+        return [
+            "",
+            "## Generations (fold-1 choice; prompt ends, unedited, edited)",
+            "",
+            markdown_table(["method", "prompt", "unedited", "edited"], cells),
+        ]
 
     def write(self, folder: str | Path, echo: Callable[[str], None] = print) -> None:
         """Write ``report.json``, ``report.md`` and, where a method ran through and

@@ -37,6 +37,25 @@ class CompareOptions:
     seed: int = 0
     both_directions: bool = False
     overhead_questions: int = 10
+    harm_texts: int = 16
+    harm_max_tokens: int = 128
+    harm_gen_tokens: int = 48
+    harm_qa_prompts: int = 8
+
+    def __post_init__(self) -> None:
+        for name in HARM_OPTIONS:
+            value = getattr(self, name)
+            least = 0 if name in ("harm_texts", "harm_qa_prompts") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
+HARM_OPTIONS = ("harm_texts", "harm_max_tokens", "harm_gen_tokens", "harm_qa_prompts")
+"""The options only the harm units depend on (0 texts: no harm measures)."""
+
+HarmRun = Mapping[str, Any]
+"""The harm of one setting: ``summary`` (:attr:`~spectral_edit.evaluate.harm.HarmResult.
+summary`) and ``samples`` (a few prompts with the unedited and the edited generation)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,12 @@ class MethodSummary:
     control_seconds: float
     overhead: OverheadTiming
     tuning: Mapping[str, Mapping[int, Summary]]
+    harm: Mapping[str, Any] | None = None
+    samples: tuple[Mapping[str, str], ...] = ()
+
+    def harm_value(self, key: str) -> Any:
+        """One figure of :attr:`harm` (``None`` without harm measures)."""
+        return None if self.harm is None else self.harm.get(key)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +151,8 @@ class MethodSummary:
                 sid: {f"fold{f}": dict(s) for f, s in by_fold.items()}
                 for sid, by_fold in self.tuning.items()
             },
+            "harm": None if self.harm is None else dict(self.harm),
+            "samples": [dict(x) for x in self.samples],
         }
 
 
@@ -140,6 +167,7 @@ class MethodResult:
     selections: Mapping[Direction, str]
     control: Mapping[str, ControlRun]
     overhead: OverheadTiming
+    harm: Mapping[str, HarmRun] | None = None
 
     def summary(self, options: CompareOptions, sizes: Mapping[int, int]) -> MethodSummary:
         """The held-out figures; ``sizes``: questions per fold."""
@@ -152,6 +180,8 @@ class MethodResult:
         first = controls[0]["tasks"]
         scored = [t for t in options.control_tasks if "acc" in first[t]]
         averages = [c["average"]["acc"] for c in controls if c["average"]["acc"] is not None]
+        first_choice = self.selections[next(iter(self.selections))]
+        harm = None if self.harm is None else self.harm.get(first_choice)
         return MethodSummary(
             mc1=metrics["mc1"],
             mc2=metrics["mc2"],
@@ -172,4 +202,6 @@ class MethodResult:
                 sid: {f: unit.summary for f, unit in by_fold.items()}
                 for sid, by_fold in self.units.items()
             },
+            harm=None if harm is None else harm["summary"],
+            samples=() if harm is None else tuple(harm["samples"]),
         )

@@ -4,7 +4,8 @@ install.
 The core install (torch, transformers, safetensors, numpy, tqdm) fits, edits and scores;
 each other part names its extra in ``pyproject.toml``: ``cli`` (typer, rich), ``plots``
 (matplotlib), ``baselines`` (peft, concept-erasure), ``gguf`` (gguf and the embedded
-Gemma 3 270M package), ``accelerate`` (``device_map`` dispatch); ``all`` is all of them.
+Gemma 3 270M package), ``accelerate`` (``device_map`` dispatch), ``gen`` (sacrebleu,
+rouge-score: TruthfulQA generation scoring); ``all`` is all of them.
 """
 
 from __future__ import annotations
