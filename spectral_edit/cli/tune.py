@@ -85,6 +85,10 @@ def tune(
         JobNeutral, typer.Option(help="SEA neutral answers: generate or prompt.")
     ] = Neutral.GENERATE,
     seed: Annotated[int, typer.Option(help="Seed for demonstrations, splits and fitting.")] = 0,
+    first_config: Annotated[
+        bool,
+        typer.Option(help="Only each method's first configuration (all evaluations go to its α)."),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Report folder (reruns resume).")] = Path("runs/tune"),
     batch_size: BatchOpt = 16,
     data_dir: DataDirOpt = None,
@@ -96,7 +100,7 @@ def tune(
     from ..demos.format import DemoFormatError
     from ..experiments.calibrate import Budget
     from ..experiments.methods import parse_methods
-    from ..experiments.tune import load_kl_texts, parse_alpha_ranges, run_tune
+    from ..experiments.tune import TUNE_CONFIGS, load_kl_texts, parse_alpha_ranges, run_tune
     from ..experiments.tune_results import TuneOptions
     from ..experiments.tune_targets import load_tune_data
 
@@ -138,6 +142,7 @@ def tune(
             data_dir=data_dir,
             model_name=model,
             demos_source=data.source,
+            configs={m: c[:1] for m, c in TUNE_CONFIGS.items()} if first_config else TUNE_CONFIGS,
             echo=console.print,
             progress=True,
         )

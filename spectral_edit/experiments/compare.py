@@ -99,7 +99,7 @@ class _HarmBaseline:
 
 
 @dataclass
-class _MethodRun:
+class MethodRun:
     """One method under the protocol: its lazily prepared state, its configured settings
     and its units, stored in ``store`` under keys extending ``key``."""
 
@@ -245,7 +245,7 @@ class _MethodRun:
 
 
 @dataclass
-class _SharedActivations:
+class SharedActivations:
     """The demonstrations' activations at every layer, shared by the methods and stored
     once (``activations.safetensors``, with the seconds the capture took)."""
 
@@ -305,7 +305,7 @@ def run_compare(
         if k not in ("both_directions", "overhead_questions", *HARM_OPTIONS)
     }
     base_key = {**chosen, "demos": demos_key, "methods": None}
-    shared = _SharedActivations(Store(out), {**base_key, "capture": "all-layers"})
+    shared = SharedActivations(Store(out), {**base_key, "capture": "all-layers"})
     ctx = FitContext(
         model,
         tokenizer,
@@ -326,7 +326,7 @@ def run_compare(
         echo(f"── {name}: {spec.description}")
         units = Store(out / "units" / name, echo)
         method_key = {**base_key, "method": spec.name, "description": spec.description}
-        run = _MethodRun(spec, ctx, units, method_key)
+        run = MethodRun(spec, ctx, units, method_key)
         try:
             if spec.uses_activations:  # capture (and keep) them before anything else
                 ctx.activations()
@@ -348,7 +348,7 @@ def run_compare(
 
 
 def _run_method(
-    run: _MethodRun,
+    run: MethodRun,
     folds: Mapping[int, Sequence[MCQuestion]],
     options: CompareOptions,
     data_dir: str | Path | None,

@@ -49,7 +49,7 @@ from ..evaluate.harm import neutral_texts
 from ..evaluate.kl import build_kl_reference, measure_kl
 from ..util.report import write_json
 from .calibrate import Budget, Calibration, Probe, ProbeRecord, calibrate
-from .compare import _MethodRun, _SharedActivations
+from .compare import MethodRun, SharedActivations
 from .compare_results import MethodFailure
 from .methods import LAYER_AXIS, METHODS, FitContext, Intervention, MethodSpec
 from .settings import (
@@ -318,7 +318,7 @@ class _Tuner:
         }
 
 
-def _strength(run: _MethodRun, config: Any, alpha: float) -> Intervention:
+def _strength(run: MethodRun, config: Any, alpha: float) -> Intervention:
     """The method configured with ``config`` (at α = 1, once), at strength ``alpha``."""
     base, _ = run.intervention(config)
     if base.editor is None:
@@ -328,7 +328,7 @@ def _strength(run: _MethodRun, config: Any, alpha: float) -> Intervention:
 
 def _tune_method(
     tuner: _Tuner,
-    run: _MethodRun,
+    run: MethodRun,
     configs: Sequence[Any],
     budget: Budget,
     interval: tuple[float, float],
@@ -467,7 +467,7 @@ def run_tune(
     baseline = tuner.load_baseline(Store(out / "baseline", echo), model_key)
     demos_key = options_key({"demos": [asdict(d) for d in demos], "model": model_name})
     capture_batch = min(options.batch_size, 8)
-    shared = _SharedActivations(
+    shared = SharedActivations(
         Store(out),
         {
             "model": model_name,
@@ -502,7 +502,7 @@ def run_tune(
             "method": spec.name,
             "description": spec.description,
         }
-        run = _MethodRun(spec, ctx, units, method_key)
+        run = MethodRun(spec, ctx, units, method_key)
         try:
             if spec.uses_activations:
                 ctx.activations()
