@@ -15,8 +15,6 @@ from spectral_edit.hf.layers import hidden_size_of
 from spectral_edit.hf.positions import editable, prompt_boundary, real_token_index
 from tests.tiny_models import make_tiny_model, make_tiny_tokenizer
 
-torch.set_grad_enabled(False)
-
 
 def _orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -155,6 +153,7 @@ def model_and_editor():
     return model, editor
 
 
+@torch.no_grad()
 def _logits(model, ids, mask=None):
     return model(input_ids=ids, attention_mask=mask).logits
 
