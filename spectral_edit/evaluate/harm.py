@@ -302,11 +302,10 @@ def build_harm_reference(
     kl = build_kl_reference(
         model, tokenizer, texts, max_tokens=max_tokens, batch_size=batch_size, progress=progress
     )
-    generated = time.perf_counter()
-    generations = _generate(model, tokenizer, chosen, gen_tokens, batch_size, progress)
-    scored = time.perf_counter()
-    measures = _measure(model, tokenizer, chosen, generations, batch_size)
-    done = time.perf_counter()
+    kl_seconds = time.perf_counter() - started
+    generations, measures, seconds = _generate_and_measure(
+        model, tokenizer, None, chosen, gen_tokens, batch_size, progress
+    )
     return HarmReference(
         kl=kl,
         prompts=chosen,
@@ -314,12 +313,32 @@ def build_harm_reference(
         measures=measures,
         gen_tokens=gen_tokens,
         batch_size=batch_size,
-        seconds={
-            "kl_seconds": generated - started,
-            "generation_seconds": scored - generated,
-            "fluency_seconds": done - scored,
-        },
+        seconds={"kl_seconds": kl_seconds, **seconds},
     )
+
+
+def _generate_and_measure(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    editor: Any,
+    prompts: Sequence[HarmPrompt],
+    gen_tokens: int,
+    batch_size: int,
+    progress: bool | str,
+) -> tuple[tuple[str, ...], tuple[GenerationMeasures, ...], dict[str, float]]:
+    """Greedy generations of ``prompts`` under ``editor`` (``None``: the model as it is),
+    their measures scored by the model outside the editor's hooks, and the seconds each
+    part took (``generation_seconds``, ``fluency_seconds``)."""
+    started = time.perf_counter()
+    with contextlib.nullcontext() if editor is None else editor.apply(model):
+        generations = _generate(model, tokenizer, prompts, gen_tokens, batch_size, progress)
+    scored = time.perf_counter()
+    measures = _measure(model, tokenizer, prompts, generations, batch_size)
+    seconds = {
+        "generation_seconds": scored - started,
+        "fluency_seconds": time.perf_counter() - scored,
+    }
+    return generations, measures, seconds
 
 
 def _as_prompt(prompt: HarmPrompt | str) -> HarmPrompt:
@@ -484,22 +503,14 @@ def evaluate_harm(
     size = reference.batch_size if batch_size is None else batch_size
     started = time.perf_counter()
     kl = measure_kl(model, reference.kl, editor, batch_size=size, progress=progress)
-    generated = time.perf_counter()
-    with contextlib.nullcontext() if editor is None else editor.apply(model):
-        generations = _generate(
-            model, tokenizer, reference.prompts, reference.gen_tokens, size, progress
-        )
-    scored = time.perf_counter()
-    measures = _measure(model, tokenizer, reference.prompts, generations, size)
-    done = time.perf_counter()
+    kl_seconds = time.perf_counter() - started
+    generations, measures, seconds = _generate_and_measure(
+        model, tokenizer, editor, reference.prompts, reference.gen_tokens, size, progress
+    )
     return HarmResult(
         reference=reference,
         kl=kl,
         generations=generations,
         measures=measures,
-        seconds={
-            "kl_seconds": generated - started,
-            "generation_seconds": scored - generated,
-            "fluency_seconds": done - scored,
-        },
+        seconds={"kl_seconds": kl_seconds, **seconds},
     )
