@@ -1,8 +1,18 @@
-"""The ``sea`` typer app: the command groups' modules wired under one command."""
+"""The ``sea`` typer app: the command groups' modules wired under one command.
+
+Errors: a command refuses bad input itself (``error: ...``, exit code 2, see
+:func:`~spectral_edit.cli.common.fail`). What escapes a command anyway is caught here by
+:class:`SeaGroup`: a one-line ``error:`` message naming the exception, exit code 1, and no
+traceback unless ``--debug`` (or ``SEA_DEBUG=1``) asks for it; Ctrl-C is exit code 130.
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Annotated, Any
+
 import typer
+from typer.core import TyperGroup
 
 from . import (
     compare,
@@ -14,12 +24,69 @@ from . import (
     generate,
     tune,
 )
+from .common import err
+
+DEBUG_ENV = "SEA_DEBUG"
+"""Set to 1 for tracebacks, as ``--debug`` does."""
+
+EXIT_UNEXPECTED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _debugging(params: dict[str, Any]) -> bool:
+    return bool(params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class SeaGroup(TyperGroup):
+    """The top-level group: every command runs inside :meth:`invoke`, which turns an
+    unexpected exception into a short message and an exit code (the traceback only under
+    ``--debug``). Exits, usage errors and aborts pass through unchanged."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            if _debugging(ctx.params):
+                raise
+            err.print("[red]interrupted[/red]: finished outputs are kept; rerun to resume")
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+        except Exception as error:
+            if _debugging(ctx.params) or _is_click_error(error):
+                raise
+            err.print(
+                f"[red]error:[/red] {type(error).__name__}: {error}\n"
+                f"(unexpected: this is a bug or an unchecked input; rerun with --debug for "
+                f"the traceback and report it)",
+                markup=True,
+                highlight=False,
+            )
+            raise typer.Exit(code=EXIT_UNEXPECTED) from None
+
+
+def _is_click_error(error: Exception) -> bool:
+    """Usage errors and the like, which click prints itself."""
+    return any(cls.__name__ in {"ClickException", "UsageError"} for cls in type(error).__mro__)
+
 
 app = typer.Typer(
+    cls=SeaGroup,
     help="Spectral Editing of Activations (SEA): fit, apply and evaluate activation edits.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help=f"Show tracebacks (also {DEBUG_ENV}=1).")
+    ] = False,
+) -> None:
+    """Spectral Editing of Activations (SEA): fit, apply and evaluate activation edits."""
+
+
 app.add_typer(demos.app, name="demos")
 app.add_typer(evaluate.app, name="eval")
 app.command()(fit.fit)
