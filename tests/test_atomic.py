@@ -64,10 +64,11 @@ def test_atomic_path_gives_normal_permissions(tmp_path: Path) -> None:
     assert mode == stat.S_IMODE(os.stat(reference).st_mode)
 
 
-def test_atomic_path_missing_directory_is_named(tmp_path: Path) -> None:
-    missing = tmp_path / "nope"
-    with pytest.raises(FileNotFoundError, match="nope"):
-        atomic_write_text(missing / "f.txt", "x")
+def test_atomic_path_creates_missing_parent_folders(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "deeper" / "f.txt"
+    atomic_write_text(target, "x")
+    assert target.read_text(encoding="utf-8") == "x"
+    assert _entries(target.parent) == {"f.txt"}
 
 
 def test_atomic_directory_success_failure_and_existing_target(tmp_path: Path) -> None:

@@ -326,7 +326,10 @@ def test_cli_eval_harm(tiny_model_dir, tmp_path):
         if name == "plain":
             assert summary["kl_mean"] == 0.0 and summary["editor"] is None
         else:
-            assert summary["kl_mean"] > 0 and summary["editor"] == str(editor_path)
+            # the editor by its shareable name, never the local path
+            assert summary["kl_mean"] > 0 and summary["editor"] == editor_path.name
+            assert str(tmp_path) not in (out / "summary.json").read_text()
+    (tmp_path / "nowhere").mkdir()  # exists, without the file
     missing = runner.invoke(app, [*common[:-1], str(tmp_path / "nowhere"), "--out", str(out)])
     assert missing.exit_code == 2 and "general_data.json" in missing.output
 

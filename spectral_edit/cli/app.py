@@ -1,19 +1,27 @@
 """The ``sea`` typer app: the command groups' modules wired under one command.
 
 Errors: a command refuses bad input itself (``error: ...``, exit code 2, see
-:func:`~spectral_edit.cli.common.fail`). What escapes a command anyway is caught here by
-:class:`SeaGroup`: a one-line ``error:`` message naming the exception, exit code 1, and no
-traceback unless ``--debug`` (or ``SEA_DEBUG=1``) asks for it; Ctrl-C is exit code 130.
+:func:`~spectral_edit.cli.common.fail`); so does every command whose output cannot be
+written (:class:`~spectral_edit.util.atomic.OutputError`) or whose output folder another
+run holds (:class:`~spectral_edit.util.locks.FolderInUse`), caught here once for all.
+What escapes a command anyway is caught here by :class:`SeaGroup`: a one-line ``error:``
+message naming the exception, exit code 1, and no traceback unless ``--debug`` (or
+``SEA_DEBUG=1``) asks for it; Ctrl-C is exit code 130.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
+from ..util.atomic import OutputError
+from ..util.locks import FolderInUse
 from . import (
     compare,
     demos,
@@ -24,7 +32,7 @@ from . import (
     generate,
     tune,
 )
-from .common import err
+from .common import err, fail
 
 DEBUG_ENV = "SEA_DEBUG"
 """Set to 1 for tracebacks, as ``--debug`` does."""
@@ -33,8 +41,30 @@ EXIT_UNEXPECTED = 1
 EXIT_INTERRUPTED = 130
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
 def _debugging(params: dict[str, Any]) -> bool:
     return bool(params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """The library's own warnings as ``warning: message`` on stderr (no source line);
+    other libraries' warnings as Python shows them."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
 
 
 class SeaGroup(TyperGroup):
@@ -44,9 +74,13 @@ class SeaGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except (OutputError, FolderInUse) as error:
+            raise fail(str(error)) from None
         except KeyboardInterrupt:
             if _debugging(ctx.params):
                 raise
@@ -56,7 +90,7 @@ class SeaGroup(TyperGroup):
             if _debugging(ctx.params) or _is_click_error(error):
                 raise
             err.print(
-                f"[red]error:[/red] {type(error).__name__}: {error}\n"
+                f"[red]error:[/red] {type(error).__name__}: {escape(str(error))}\n"
                 f"(unexpected: this is a bug or an unchecked input; rerun with --debug for "
                 f"the traceback and report it)",
                 markup=True,

@@ -3,7 +3,7 @@ and loading a model and an editor file."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ..core.options import SeaOptions
+from ..core.options import SeaOptions, check_alpha
 from ..hf.model_names import DEFAULT_MODEL
 
 console = Console()
@@ -26,7 +26,11 @@ ModelOpt = Annotated[
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
-        "--data-dir", help="Benchmark data folder (default: $SEA_DATA_DIR, else the user cache)."
+        "--data-dir",
+        exists=True,
+        file_okay=False,
+        help="Benchmark data folder, an existing one (default: $SEA_DATA_DIR, else the user "
+        "cache).",
     ),
 ]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or auto.")]
@@ -34,9 +38,61 @@ DeviceMapOpt = Annotated[
     str | None, typer.Option("--device-map", help="accelerate device map, e.g. auto.")
 ]
 EditorOpt = Annotated[Path | None, typer.Option("--editor", "-e", help="Editor .safetensors.")]
-AlphaOpt = Annotated[float | None, typer.Option(help="Override the editor's strength.")]
-LimitOpt = Annotated[int | None, typer.Option(help="Use only the first N items.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")]
+ALL = "all"
+"""The word a limit option takes for "every item" (as does leaving the option out, where
+its default is all)."""
+
+
+def parse_alpha(text: str) -> float:
+    """An ``--alpha`` value, checked as every editor checks its strength
+    (:func:`~spectral_edit.core.options.check_alpha`: finite, ``|α| <= MAX_ALPHA``);
+    ``x``, ``nan``, ``inf`` or ``1e308`` is a usage error naming the option (exit code 2),
+    before any model is loaded."""
+    try:
+        return check_alpha(text.strip(), "alpha")
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+
+def count_parser(least: int = 1, *, or_all: bool = False) -> Callable[[str | int], int | None]:
+    """The parser of a count option: a whole number ``>= least`` (and, with ``or_all``,
+    the word :data:`ALL`, parsed as ``None``). ``0`` or ``-1`` never mean "all": they are a
+    usage error naming the option, before anything runs."""
+    rule = f"a whole number >= {least}" + (f", or {ALL!r} for every item" if or_all else "")
+
+    def parse(given: str | int) -> int | None:
+        text = str(given)  # click passes a default through the parser too
+        if or_all and text.strip().lower() == ALL:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise typer.BadParameter(f"must be {rule}, got {text!r}") from None
+        if value < least:
+            raise typer.BadParameter(f"must be {rule}, got {value}")
+        return value
+
+    return parse
+
+
+def count_option(help: str, *names: str, least: int = 1, or_all: bool = False) -> Any:
+    """A ``typer.Option`` for a count (items, demonstrations, texts, tokens, a batch size),
+    parsed by :func:`count_parser`: the one rule every such option of the CLI follows."""
+    metavar = f"N>={least}" + (f"|{ALL}" if or_all else "")
+    return typer.Option(
+        *names, parser=count_parser(least, or_all=or_all), metavar=metavar, help=help
+    )
+
+
+AlphaOpt = Annotated[
+    float | None,
+    typer.Option(parser=parse_alpha, metavar="FLOAT", help="Override the editor's strength."),
+]
+LimitOpt = Annotated[
+    int | None,
+    count_option(f"Use only the first N items (default, or {ALL!r}: all).", or_all=True),
+]
+BatchOpt = Annotated[int, count_option("Sequences per forward pass.", "--batch-size")]
 OutFolderOpt = Annotated[Path, typer.Option(help="Output folder.")]
 
 
@@ -46,8 +102,11 @@ def choice_metavar(values: Iterable[str]) -> str:
 
 
 def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` to stderr; the exit (code 2) to raise."""
-    err.print(f"[red]error:[/red] {message}")
+    """Print ``error: message`` to stderr; the exit (code 2) to raise. The message is
+    printed literally (it may quote a user's file: ``[/b]`` there is text, not markup)."""
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=2)
 
 
@@ -72,6 +131,29 @@ def sea_options(**options: Any) -> SeaOptions:
         raise fail(str(error)) from None
 
 
+def control_task_names(text: str, option: str = "--control-tasks") -> tuple[str, ...]:
+    """A comma list of control tasks (blanks dropped), each a name of
+    :data:`~spectral_edit.data.control.CONTROL_TASKS`: checked before anything runs, an
+    unknown name is :func:`fail` naming ``option`` and listing the known tasks."""
+    from ..data.control import CONTROL_TASKS
+
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in names if t not in CONTROL_TASKS]
+    if unknown or not names:
+        given = f"unknown task(s) {', '.join(unknown)}" if unknown else "no task given"
+        raise fail(f"{option}: {given}; known: {', '.join(sorted(CONTROL_TASKS))}")
+    return names
+
+
+def too_long() -> AbstractContextManager[None]:
+    """:func:`failing_on` :class:`~spectral_edit.hf.tokens.SequenceTooLong`: a text longer
+    than the model's context is exit code 2 with the length and the limit, not a
+    memory error."""
+    from ..hf.tokens import SequenceTooLong
+
+    return failing_on(SequenceTooLong)
+
+
 def data_errors() -> tuple[type[Exception], ...]:
     """What loading benchmark data raises for a missing or malformed file, or a bad
     request (an unknown source, fold or split size): :func:`failing_on` these."""
@@ -92,13 +174,18 @@ def load(model: str, dtype: str | None, device_map: str | None) -> tuple[Any, An
 
 def load_editor(path: Path, model: Any = None, alpha: float | None = None) -> Any:
     """The editor in ``path`` (checked against ``model`` if given; strength ``alpha`` if
-    given); an unreadable or unfitting file is :func:`fail`."""
+    given); an unreadable or unfitting file is :func:`fail`; an editor fitted on another
+    model of the same shape is used, with the library's warning (shown as ``warning:`` by
+    the app)."""
     from ..editors.file_format import EditorFileError
     from ..editors.registry import load_editor as read_editor
 
     with failing_on(EditorFileError):
         editor = read_editor(path, model)
-    return editor if alpha is None else editor.with_options(alpha=alpha)
+    if alpha is None:
+        return editor
+    with failing_on(ValueError):  # a strength the editor itself refuses
+        return editor.with_options(alpha=alpha)
 
 
 def edited(model: Any, editor: Path | None, alpha: float | None) -> AbstractContextManager[Any]:

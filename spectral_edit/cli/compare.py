@@ -19,11 +19,14 @@ from .common import (
     LimitOpt,
     ModelOpt,
     console,
+    control_task_names,
+    count_option,
     data_errors,
     err,
     failing_on,
     load,
     sea_options,
+    too_long,
 )
 from .tables import print_table
 
@@ -38,14 +41,14 @@ def compare(
         typer.Option(help="Demonstrations file (default: HaluEval, see --n-demos)."),
     ] = None,
     n_demos: Annotated[
-        int, typer.Option("--n-demos", help="HaluEval demonstrations when --demos is not given.")
+        int, count_option("HaluEval demonstrations when --demos is not given.", "--n-demos")
     ] = 100,
     methods: Annotated[
         str, typer.Option(help="Comma list of methods.")
     ] = "none,sea,phi-sea,mean-diff,pca-vector,iti,leace,lora,dola",
     per_fold: Annotated[
         int | None,
-        typer.Option("--per-fold", help="TruthfulQA questions per fold (default: all)."),
+        count_option("TruthfulQA questions per fold (default: all).", "--per-fold", or_all=True),
     ] = None,
     both_directions: Annotated[
         bool,
@@ -58,7 +61,7 @@ def compare(
         DEFAULT_CONTROL_TASKS
     ),
     control_limit: Annotated[
-        int | None, typer.Option(help="Items per control task (0 = all).")
+        int | None, count_option("Items per control task ('all': every item).", or_all=True)
     ] = 50,
     neutral: Annotated[
         JobNeutral, typer.Option(help="SEA neutral answers: generate or prompt.")
@@ -66,13 +69,14 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed for demonstrations and fitting.")] = 0,
     harm_texts: Annotated[
         int,
-        typer.Option(
-            help="Neutral texts for the KL harm measure of each chosen setting, beside "
-            "free generations (0 = no harm measures)."
+        count_option(
+            "Neutral texts for the KL harm measure of each chosen setting, beside "
+            "free generations (0 = no harm measures).",
+            least=0,
         ),
     ] = 16,
     harm_gen_tokens: Annotated[
-        int, typer.Option(help="New tokens per free generation of the harm measure.")
+        int, count_option("New tokens per free generation of the harm measure.")
     ] = 48,
     out: Annotated[Path, typer.Option(help="Report folder (reruns resume).")] = Path(
         "runs/compare"
@@ -91,6 +95,7 @@ def compare(
     from ..experiments.demo_job import load_truthfulness_demos
     from ..experiments.methods import parse_methods
 
+    tasks = control_task_names(control_tasks)
     with failing_on(*data_errors(), DemoFormatError):
         names = parse_methods(methods)
         folds = truthfulqa_folds(mc_file, data_dir, per_fold=per_fold)
@@ -102,8 +107,8 @@ def compare(
     with failing_on(ValueError):
         options = CompareOptions(
             methods=tuple(names),
-            control_tasks=tuple(t.strip() for t in control_tasks.split(",") if t.strip()),
-            control_limit=control_limit or None,
+            control_tasks=tasks,
+            control_limit=control_limit,
             neutral=neutral,
             batch_size=batch_size,
             seed=seed,
@@ -112,18 +117,19 @@ def compare(
             harm_gen_tokens=harm_gen_tokens,
         )
     lm, tokenizer = load(model, dtype, device_map)
-    report = run_compare(
-        lm,
-        tokenizer,
-        demo_list,
-        folds,
-        options,
-        out,
-        data_dir=data_dir,
-        model_name=model,
-        echo=console.print,
-        progress=True,
-    )
+    with too_long():
+        report = run_compare(
+            lm,
+            tokenizer,
+            demo_list,
+            folds,
+            options,
+            out,
+            data_dir=data_dir,
+            model_name=model,
+            echo=console.print,
+            progress=True,
+        )
     print_table(*report.table())
     console.print(f"report in {out}/report.md")
     if report.failed:
@@ -133,7 +139,7 @@ def compare(
 
 def demo(
     model: ModelOpt = DEFAULT_MODEL,
-    n_demos: Annotated[int, typer.Option("--n-demos", help="HaluEval demonstrations.")] = 100,
+    n_demos: Annotated[int, count_option("HaluEval demonstrations.", "--n-demos")] = 100,
     layers: Annotated[str, typer.Option(help="last-L, all, or a list.")] = "last-8",
     pos_ratio: Annotated[float, typer.Option(help="Energy ratio for k+.")] = 0.995,
     neg_ratio: Annotated[float, typer.Option(help="Energy ratio for k-.")] = 0.995,
@@ -150,22 +156,25 @@ def demo(
 ) -> None:
     """The main job: HaluEval demonstrations → SEA editor → TruthfulQA before and after."""
     from ..experiments.demo_job import truthfulness_demo
+    from ..hf.model_names import ModelLoadError
 
     options = sea_options(
         layers=layers, pos_ratio=pos_ratio, neg_ratio=neg_ratio, centered=centered, neutral=neutral
     )
-    report = truthfulness_demo(
-        model,
-        options,
-        out_dir=out,
-        data_dir=data_dir,
-        n_demos=n_demos,
-        limit=limit,
-        batch_size=batch_size,
-        dtype=dtype,
-        device_map=device_map,
-        echo=console.print,
-    )
+    # the job checks its options (the layer spec against the model) before any capture
+    with failing_on(*data_errors(), ModelLoadError, LookupError), too_long():
+        report = truthfulness_demo(
+            model,
+            options,
+            out_dir=out,
+            data_dir=data_dir,
+            n_demos=n_demos,
+            limit=limit,
+            batch_size=batch_size,
+            dtype=dtype,
+            device_map=device_map,
+            echo=console.print,
+        )
     for table in report.tables():
         print_table(*table)
     if report.evaluation is not None:

@@ -13,7 +13,15 @@ from ..data.splits import bbq_split
 from ..data.truthfulqa import load_fold
 from ..demos.builders import bbq_demos, halueval_demos, truthfulqa_demos
 from ..demos.format import Demonstration, write_demos
-from .common import DataDirOpt, LimitOpt, choice_metavar, console, data_errors, failing_on
+from .common import (
+    DataDirOpt,
+    LimitOpt,
+    choice_metavar,
+    console,
+    count_option,
+    data_errors,
+    failing_on,
+)
 
 app = typer.Typer(help="Build demonstration files from benchmark data.", no_args_is_help=True)
 
@@ -64,7 +72,7 @@ def demos_truthfulqa(
 @app.command("bbq")
 def demos_bbq(
     out: DemosOutOpt,
-    n: Annotated[int, typer.Option(help="Demonstrations (disambiguated items).")] = 1000,
+    n: Annotated[int, count_option("Demonstrations (disambiguated items).")] = 1000,
     seed: Annotated[int, typer.Option(help="Split and negative-choice seed.")] = 0,
     data_dir: DataDirOpt = None,
 ) -> None:

@@ -20,10 +20,12 @@ from .common import (
     ModelOpt,
     OutFolderOpt,
     console,
+    count_option,
     data_errors,
     edited,
     failing_on,
     load,
+    too_long,
 )
 from .evaluate import app
 from .tables import print_table
@@ -37,7 +39,7 @@ def eval_truthfulqa_gen(
     limit: LimitOpt = None,
     fold: Annotated[int | None, typer.Option(help="Only the questions of SEA fold 1 or 2.")] = None,
     max_new_tokens: Annotated[
-        int, typer.Option(min=1, help="Tokens generated per answer at most (lm-eval: 256).")
+        int, count_option("Tokens generated per answer at most (lm-eval: 256).")
     ] = 64,
     out: OutFolderOpt = Path("runs/truthfulqa_gen"),
     batch_size: BatchOpt = 8,
@@ -52,9 +54,9 @@ def eval_truthfulqa_gen(
     from ..util.extras import MissingExtraError
 
     with failing_on(*data_errors()):
-        rows = truthfulqa_rows(data_dir, fold=fold, limit=limit or None)
+        rows = truthfulqa_rows(data_dir, fold=fold, limit=limit)
     lm, tokenizer = load(model, dtype, device_map)
-    with failing_on(MissingExtraError), edited(lm, editor, alpha):
+    with failing_on(MissingExtraError), too_long(), edited(lm, editor, alpha):
         result = evaluate_truthfulqa_gen(
             lm,
             tokenizer,

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
-
 from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     AlphaOpt,
@@ -19,10 +17,12 @@ from .common import (
     ModelOpt,
     OutFolderOpt,
     console,
+    count_option,
     data_errors,
     failing_on,
     load,
     load_editor,
+    too_long,
 )
 from .evaluate import McFileOpt, app
 from .tables import print_table
@@ -34,14 +34,15 @@ def eval_harm(
     editor: EditorOpt = None,
     alpha: AlphaOpt = None,
     limit: Annotated[
-        int,
-        typer.Option(
-            help="Neutral texts (HaluEval general) and TruthfulQA prompts: the first N of each "
-            "(the open prompts are always all used)."
+        int | None,
+        count_option(
+            "Neutral texts (HaluEval general) and TruthfulQA prompts: the first N of each, or "
+            "'all' (the open prompts are always all used).",
+            or_all=True,
         ),
     ] = 32,
-    max_tokens: Annotated[int, typer.Option(help="Tokens per neutral text (truncated).")] = 128,
-    gen_tokens: Annotated[int, typer.Option(help="New tokens per generation (at most).")] = 48,
+    max_tokens: Annotated[int, count_option("Tokens per neutral text (truncated).")] = 128,
+    gen_tokens: Annotated[int, count_option("New tokens per generation (at most).")] = 48,
     mc_file: McFileOpt = "mc_task_v0.json",
     out: OutFolderOpt = Path("runs/harm"),
     batch_size: BatchOpt = 8,
@@ -63,7 +64,7 @@ def eval_harm(
         prompts = default_prompts(data_dir, limit, mc_file=mc_file)
     lm, tokenizer = load(model, dtype, device_map)
     sea = None if editor is None else load_editor(editor, lm, alpha)
-    with failing_on(ValueError):
+    with failing_on(ValueError), too_long():
         reference = build_harm_reference(
             lm,
             tokenizer,
@@ -74,7 +75,8 @@ def eval_harm(
             batch_size=batch_size,
             progress=True,
         )
-    result = evaluate_harm(lm, tokenizer, sea, reference, progress=True)
+    with too_long():
+        result = evaluate_harm(lm, tokenizer, sea, reference, progress=True)
     run = {"model": model, "editor": str(editor) if editor else None, "alpha": alpha}
     result.write(out, {**run, "mc_file": mc_file, "limit": limit})
     s = result.summary

@@ -21,10 +21,13 @@ from .common import (
     ModelOpt,
     OutFolderOpt,
     console,
+    control_task_names,
+    count_option,
     data_errors,
     edited,
     failing_on,
     load,
+    too_long,
 )
 from .tables import print_table
 
@@ -52,9 +55,9 @@ def eval_truthfulqa(
     from ..evaluate.truthfulqa import evaluate_truthfulqa
 
     with failing_on(*data_errors()):
-        questions = truthfulqa_questions(mc_file, data_dir, fold=fold, limit=limit or None)
+        questions = truthfulqa_questions(mc_file, data_dir, fold=fold, limit=limit)
     lm, tokenizer = load(model, dtype, device_map)
-    with edited(lm, editor, alpha):
+    with too_long(), edited(lm, editor, alpha):
         result = evaluate_truthfulqa(lm, tokenizer, questions, batch_size=batch_size, progress=True)
     run = {"model": model, "editor": str(editor) if editor else None, "alpha": alpha}
     result.write(out, {**run, "mc_file": mc_file, "fold": fold})
@@ -74,8 +77,8 @@ def eval_bbq(
     alpha: AlphaOpt = None,
     held_out_from: Annotated[
         int,
-        typer.Option(
-            help="Evaluate only items held out from `sea demos bbq --n N` (0 = all items)."
+        count_option(
+            "Evaluate only items held out from `sea demos bbq --n N` (0 = all items).", least=0
         ),
     ] = 1000,
     seed: Annotated[int, typer.Option(help="The split seed used for the demonstrations.")] = 0,
@@ -92,9 +95,9 @@ def eval_bbq(
 
     with failing_on(*data_errors()):
         _, items = bbq_split(held_out_from, seed, data_dir)
-    items = items[:limit] if limit else items
+    items = items if limit is None else items[:limit]
     lm, tokenizer = load(model, dtype, device_map)
-    with edited(lm, editor, alpha):
+    with too_long(), edited(lm, editor, alpha):
         result = evaluate_bbq(lm, tokenizer, items, batch_size=batch_size, progress=True)
     result.write(out)
     _print_bbq(result.summary)
@@ -130,9 +133,9 @@ def eval_crows_pairs(
 
     with failing_on(DataFormatError, OSError):
         pairs = load_crows_pairs(file)
-    pairs = pairs[:limit] if limit else pairs
+    pairs = pairs if limit is None else pairs[:limit]
     lm, tokenizer = load(model, dtype, device_map)
-    with edited(lm, editor, alpha):
+    with too_long(), edited(lm, editor, alpha):
         result = evaluate_crows_pairs(lm, tokenizer, pairs, batch_size=batch_size, progress=True)
     result.write(out)
     overall, by_type = result.summary["overall"], result.summary["by_type"]
@@ -159,12 +162,13 @@ def eval_control(
     """Control tasks (log-likelihood multiple choice; gsm8k by greedy generation)."""
     from ..evaluate.control import evaluate_control
 
+    names = control_task_names(tasks, "--tasks")
     lm, tokenizer = load(model, dtype, device_map)
-    with failing_on(*data_errors(), KeyError), edited(lm, editor, alpha):
+    with failing_on(*data_errors()), too_long(), edited(lm, editor, alpha):
         result = evaluate_control(
             lm,
             tokenizer,
-            [t.strip() for t in tasks.split(",")],
+            list(names),
             data_dir=data_dir,
             limit=limit,
             batch_size=batch_size,

@@ -96,7 +96,8 @@ def fit(
 ) -> None:
     """Fit a SEA editor on a demonstrations file."""
     from ..demos.format import DemoFormatError, read_demos
-    from ..experiments.pipeline import fit_editor
+    from ..experiments.pipeline import demos_file_metadata, fit_editor
+    from ..util.atomic import check_writable
     from ..util.report import RANK_HEADERS, ranks_rows
 
     with failing_on(DemoFormatError):
@@ -119,6 +120,7 @@ def fit(
         center_edit=center_edit,
         positions=positions,
     )
+    check_writable(out)  # refuse an unwritable --out before the fit, not after
     lm, tokenizer = load(model, dtype, device_map)
     with failing_on(ValueError, LookupError):
         editor = fit_editor(
@@ -128,7 +130,7 @@ def fit(
             options,
             batch_size=batch_size,
             progress=True,
-            metadata={"demonstrations_file": str(demos)},
+            metadata=demos_file_metadata(demos),
         )
     editor.save(out)
     print_table(
@@ -148,6 +150,8 @@ def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file."
     meta = dict(loaded.metadata)
     rows = {
         "model": meta.get("model"),
+        "model revision": meta.get("model_revision"),
+        "architecture": meta.get("model_type"),
         "hidden size": loaded.hidden_size,
         "model layers": loaded.num_layers,
         "fitted layers": ",".join(map(str, loaded.layers)),
@@ -161,10 +165,19 @@ def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file."
         "centered": meta.get("centered"),
         "ratios (+/-)": f"{meta.get('pos_ratio')} / {meta.get('neg_ratio')}",
         "demonstrations": meta.get("n_demonstrations"),
+        "demonstrations file": _named_file(meta),
         "neutral": meta.get("neutral"),
     }
     print_fields(str(editor), rows.items())
     print_table("ranks and signature per layer", RANK_HEADERS, ranks_rows(meta))
+
+
+def _named_file(meta: dict[str, Any]) -> str | None:
+    """``name (sha256 <first 12 hex>)`` of the recorded demonstrations file, if any."""
+    name, digest = meta.get("demonstrations_file"), meta.get("demonstrations_sha256")
+    if name is None:
+        return None
+    return f"{name} (sha256 {str(digest)[:12]})" if digest else str(name)
 
 
 def _baseline_fields(editor: Any) -> list[tuple[str, Any]]:

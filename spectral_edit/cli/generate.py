@@ -17,8 +17,10 @@ from .common import (
     EditorOpt,
     ModelOpt,
     console,
+    count_option,
     load,
     load_editor,
+    too_long,
 )
 
 _SHELL_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -37,7 +39,7 @@ def generate(
     model: ModelOpt = DEFAULT_MODEL,
     editor: EditorOpt = None,
     alpha: AlphaOpt = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 48,
+    max_new_tokens: Annotated[int, count_option("Tokens to generate (at most).")] = 48,
     stop: Annotated[
         list[str] | None, typer.Option(help="Stop strings (default: blank line, next Q:).")
     ] = None,
@@ -53,14 +55,15 @@ def generate(
     stops = tuple(stop) if stop else ANSWER_STOPS
 
     def run() -> list[str]:
-        return generate_greedy(
-            lm,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            stops=stops,
-            batch_size=batch_size,
-        )
+        with too_long():
+            return generate_greedy(
+                lm,
+                tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                stops=stops,
+                batch_size=batch_size,
+            )
 
     columns = [run()]
     table = Table(show_lines=True)

@@ -18,6 +18,8 @@ from .common import (
     DtypeOpt,
     ModelOpt,
     console,
+    control_task_names,
+    count_option,
     data_errors,
     err,
     failing_on,
@@ -37,13 +39,15 @@ def tune(
     ] = None,
     n_demos: Annotated[
         int,
-        typer.Option(
-            "--n-demos", help="HaluEval (truthfulqa) or BBQ (bbq) demonstrations without --demos."
+        count_option(
+            "HaluEval (truthfulqa) or BBQ (bbq) demonstrations without --demos.", "--n-demos"
         ),
     ] = 100,
     per_fold: Annotated[
         int | None,
-        typer.Option("--per-fold", help="Items per part: tuning and held out (default: all)."),
+        count_option(
+            "Items per part: tuning and held out (default: all).", "--per-fold", or_all=True
+        ),
     ] = None,
     methods: Annotated[
         str, typer.Option(help="Comma list of methods (none and dola have no α: skipped).")
@@ -56,7 +60,7 @@ def tune(
         float | None, typer.Option(help="Largest mean KL on neutral text allowed, in nats.")
     ] = None,
     evaluations: Annotated[
-        int, typer.Option(help="Probes per method, split over its configurations.")
+        int, count_option("Probes per method, split over its configurations.")
     ] = 8,
     alpha_range: Annotated[
         list[str] | None,
@@ -75,12 +79,10 @@ def tune(
         DEFAULT_CONTROL_TASKS
     ),
     control_limit: Annotated[
-        int, typer.Option(help="n: control items [0, n) tune, [n, 2n) report.")
+        int, count_option("n: control items [0, n) tune, [n, 2n) report.")
     ] = 50,
-    kl_texts: Annotated[
-        int, typer.Option(help="m: neutral texts [0, m) tune, [m, 2m) report.")
-    ] = 32,
-    kl_max_tokens: Annotated[int, typer.Option(help="Tokens per neutral text.")] = 128,
+    kl_texts: Annotated[int, count_option("m: neutral texts [0, m) tune, [m, 2m) report.")] = 32,
+    kl_max_tokens: Annotated[int, count_option("Tokens per neutral text.")] = 128,
     neutral: Annotated[
         JobNeutral, typer.Option(help="SEA neutral answers: generate or prompt.")
     ] = Neutral.GENERATE,
@@ -104,13 +106,14 @@ def tune(
     from ..experiments.tune_results import TuneOptions
     from ..experiments.tune_targets import load_tune_data
 
+    tasks = control_task_names(control_tasks)
     with failing_on(*data_errors(), DemoFormatError):
         options = TuneOptions(
             methods=tuple(parse_methods(methods)),
             budget=Budget(control_points=budget_control, kl_nats=budget_kl),
             evaluations=evaluations,
             alpha_ranges=parse_alpha_ranges(alpha_range or []),
-            control_tasks=tuple(t.strip() for t in control_tasks.split(",") if t.strip()),
+            control_tasks=tasks,
             control_limit=control_limit,
             kl_texts=kl_texts,
             kl_max_tokens=kl_max_tokens,
@@ -130,7 +133,7 @@ def tune(
         )
         texts = load_kl_texts(2 * kl_texts, data_dir)
     lm, tokenizer = load(model, dtype, device_map)
-    with failing_on(ValueError):
+    with failing_on(ValueError):  # SequenceTooLong is one
         report = run_tune(
             lm,
             tokenizer,

@@ -109,19 +109,73 @@ class SvdRoute(Choice):
     THIN = "thin"
 
 
-def _check_ratio(name: str, value: float) -> float:
-    value = float(value)
-    if not (0.0 < value <= 1.0):  # also refuses NaN
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
+MAX_ALPHA = 1e6
+"""The largest strength ``|α|`` any editor accepts. Useful strengths are of order 1 to
+100 (SEA's α = 1 is the full edit; the baselines' tuning intervals end near 40); a larger
+α only scales ``h' − h`` past what float32 (let alone float16) activations can hold, so
+the edited model produces NaN and Inf instead of text."""
+
+
+def check_alpha(value: object, name: str = "alpha") -> float:
+    """``value`` as a float strength, or ``ValueError`` (``"alpha must be ..."``, so the
+    CLI can name its option) unless it is a finite number with ``|α| <= MAX_ALPHA``."""
+    try:
+        alpha = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(alpha) or abs(alpha) > MAX_ALPHA:
+        raise ValueError(
+            f"{name} must be a finite number with |{name}| <= {MAX_ALPHA:g} (larger strengths "
+            f"overflow the edited activations), got {value!r}"
+        )
+    return alpha
+
+
+def check_ratio(name: str, value: float) -> float:
+    """``value`` as a float energy ratio in ``(0, 1]``, or ``ValueError`` naming ``name``
+    (NaN is refused too)."""
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}") from None
+    if not (0.0 < ratio <= 1.0):  # also refuses NaN
+        raise ValueError(
+            f"{name} must be in (0, 1] (the share of the cross-covariance's energy the "
+            f"kept directions explain, e.g. 0.99), got {value!r}"
+        )
+    return ratio
+
+
+def check_rank(name: str, value: int | None) -> int | None:
+    """``None`` (ranks from the energy ratio) or ``value`` as an int ``>= 1``; otherwise
+    ``ValueError`` naming ``name`` (``2.5``, ``True`` and ``0`` are refused)."""
+    if value is None:
+        return None
+    try:
+        whole = isinstance(value, bool) or int(value) != value
+    except (TypeError, ValueError, OverflowError):
+        whole = True
+    if whole or value < 1:
+        raise ValueError(
+            f"{name} must be an integer >= 1 (or None for the energy ratio), got {value!r}"
+        )
+    return int(value)
+
+
+def check_count(name: str, value: int, *, least: int = 1) -> int:
+    """``value`` if it is a whole number ``>= least`` (a count: items, demonstrations,
+    tokens, a batch size); else ``ValueError`` naming ``name``. Booleans and floats are
+    refused: ``-1`` or ``0`` never means "all" (a limit of all items is ``None``, see
+    :func:`check_limit`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     return value
 
 
-def _check_rank(name: str, value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+def check_limit(name: str, value: int | None) -> int | None:
+    """A limit on how many items are used: ``None`` (all of them) or a count ``>= 1``
+    (:func:`check_count`)."""
+    return None if value is None else check_count(name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +187,9 @@ class SeaOptions:
     are not found automatically). Fit: energy ratios ``pos_ratio``/``neg_ratio`` in
     ``(0, 1]`` unless ``pos_rank``/``neg_rank`` fix ``k±``; ``centered``; ``feature`` with
     optional per-layer ``feature_scales`` (default: each layer's neutral RMS); ``svd``.
-    Edit: ``merge``, strength ``alpha`` (0 = no edit), ``center_edit`` (project
-    ``h − μ`` and add ``μ`` back, μ the fit-time neutral mean) and ``positions``.
+    Edit: ``merge``, strength ``alpha`` (0 = no edit; finite, ``|α| <= MAX_ALPHA``),
+    ``center_edit`` (project ``h − μ`` and add ``μ`` back, μ the fit-time neutral mean)
+    and ``positions``.
     """
 
     layers: str | tuple[int, ...] = "last-8"
@@ -167,14 +222,11 @@ class SeaOptions:
         set_(self, "svd", SvdRoute.parse(self.svd, "svd"))
         set_(self, "positions", Positions.parse(self.positions, "positions"))
         set_(self, "center_edit", bool(self.center_edit))
-        set_(self, "pos_ratio", _check_ratio("pos_ratio", self.pos_ratio))
-        set_(self, "neg_ratio", _check_ratio("neg_ratio", self.neg_ratio))
-        set_(self, "pos_rank", _check_rank("pos_rank", self.pos_rank))
-        set_(self, "neg_rank", _check_rank("neg_rank", self.neg_rank))
-        alpha = float(self.alpha)
-        if not math.isfinite(alpha):
-            raise ValueError(f"alpha must be a finite number, got {self.alpha!r}")
-        set_(self, "alpha", alpha)
+        set_(self, "pos_ratio", check_ratio("pos_ratio", self.pos_ratio))
+        set_(self, "neg_ratio", check_ratio("neg_ratio", self.neg_ratio))
+        set_(self, "pos_rank", check_rank("pos_rank", self.pos_rank))
+        set_(self, "neg_rank", check_rank("neg_rank", self.neg_rank))
+        set_(self, "alpha", check_alpha(self.alpha))
         if self.feature_scales is not None:
             scales = tuple(float(s) for s in self.feature_scales)
             if not all(math.isfinite(s) and s > 0 for s in scales):

@@ -39,6 +39,18 @@ def choose_rank(singular_values: torch.Tensor, ratio: float, rank: int | None, n
     return int(rank)
 
 
+def subspaces_coincide(pos: torch.Tensor, neg: torch.Tensor, tolerance: float = 1e-10) -> bool:
+    """Whether factors ``(d, k+)`` and ``(d, k-)`` with orthonormal columns span one
+    subspace (``k+ == k-`` and every principal cosine ``>= 1 − tolerance``). Then
+    ``P+ h + P- h = h`` for every ``h``: the edit is the identity. The default tolerance
+    is far above float64 round-off (exactly shared spans give ``1 − cos ≈ 1e-15``) and far
+    below subspaces that are merely close (``1 − cos ≈ 1e-7`` still edits)."""
+    if pos.shape != neg.shape:
+        return False
+    cosines = torch.linalg.svdvals(pos.double().T @ neg.double())
+    return bool(cosines.min() >= 1 - tolerance)
+
+
 def energy_fractions(singular_values: torch.Tensor) -> torch.Tensor:
     """Cumulative explained-energy fractions ``(d,)`` of descending singular values."""
     energy = singular_values.double().square()

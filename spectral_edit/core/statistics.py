@@ -17,13 +17,14 @@ subspaces (hence the projections) are the same as the dense route's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .features import get_feature_map
-from .options import Feature, SvdRoute
+from .options import Feature, SvdRoute, check_rank
 
 ArrayLike = torch.Tensor | np.ndarray
 """Activations as a torch tensor or a numpy array."""
@@ -31,15 +32,97 @@ ArrayLike = torch.Tensor | np.ndarray
 Spectrum = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 """``(U+ (d, m), s+ (m,), U- (d, m), s- (m,))`` of one layer."""
 
+SETS = ("neutral", "positive", "negative")
+"""The three activation sets of a demonstration, in the order the statistics keep them."""
+
+DEGENERATE_TOLERANCE = 1e-10
+"""A cross-covariance (or a set's variance) counts as zero at a layer when it is below
+this share of the scale its activations' second moments allow (round-off in float64 is
+far smaller; any real signal far larger)."""
+
+
+class FitError(ValueError):
+    """The activations given cannot make a SEA editor: misshapen, non-finite, too few or
+    too alike. The message names the layer(s) (model indices), the cause and what to do."""
+
 
 def as_activations(x: ArrayLike, name: str) -> torch.Tensor:
-    """``x`` as a detached floating-point tensor of shape ``(N, L, d)`` (not copied)."""
+    """``x`` as a detached floating-point tensor of shape ``(N, L, d)`` (not copied).
+
+    Raises:
+        FitError: another number of dimensions, or an integer dtype.
+    """
     tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if tensor.ndim != 3:
-        raise ValueError(f"{name} must have shape (N, layers, d), got {tuple(tensor.shape)}")
+        raise FitError(f"{name} must have shape (N, layers, d), got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {tensor.dtype}")
+        raise FitError(f"{name} must be floating point, got {tensor.dtype}")
     return tensor.detach()
+
+
+def check_feature_scales(
+    feature: str, feature_scales: Sequence[float] | None, layers: Sequence[int]
+) -> None:
+    """Raise :class:`FitError` unless a non-linear ``feature`` map has exactly one scale
+    per layer of ``layers``, each finite and ``> 0`` (a linear map needs none)."""
+    if feature_scales is not None and len(feature_scales) == len(layers):
+        if all(math.isfinite(float(x)) and float(x) > 0 for x in feature_scales):
+            return
+        raise FitError(
+            f"feature_scales must be finite and > 0 (sea fit --feature-scales), got "
+            f"{tuple(feature_scales)}"
+        )
+    got = "none" if feature_scales is None else f"{len(feature_scales)}"
+    raise FitError(
+        f"feature {feature!r} needs one scale per layer: got {got} for the "
+        f"{len(layers)} fitted layers {tuple(layers)}; pass {len(layers)} feature_scales "
+        "(sea fit --feature-scales, comma-separated) or none for each layer's neutral RMS"
+    )
+
+
+def check_layer_ids(layers: Sequence[int]) -> tuple[int, ...]:
+    """``layers`` as a tuple of distinct model layer indices ``>= 0``; :class:`FitError`
+    otherwise (negative indices are resolved against a model by
+    :func:`~spectral_edit.hf.layers.parse_layers`, not here)."""
+    ids = tuple(int(i) for i in layers)
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        raise FitError(
+            f"layers must be distinct model layer indices >= 0, got {ids} (resolve negative "
+            "indices against the model with parse_layers)"
+        )
+    return ids
+
+
+def check_ranks(hidden_size: int, **ranks: int | None) -> dict[str, int | None]:
+    """Each fixed rank (``pos_rank=...``, ``neg_rank=...``; ``None`` = from the energy
+    ratio) checked to be an integer in ``1..hidden_size``; :class:`FitError` otherwise."""
+    checked = {}
+    for name, rank in ranks.items():
+        try:
+            checked[name] = check_rank(name, rank)
+        except ValueError as error:
+            raise FitError(str(error)) from None
+        if rank is not None and rank > hidden_size:
+            raise FitError(
+                f"{name} must be in 1..{hidden_size} (the hidden size: no more directions "
+                f"exist), got {rank}"
+            )
+    return checked
+
+
+def _non_finite_message(name: str, bad: torch.Tensor, layers: Sequence[int], first: int) -> str:
+    """What :meth:`SpectralStatistics.update` says of non-finite ``name`` activations:
+    ``bad`` is the ``(B, L)`` mask of rows and layers holding NaN or Inf, ``first`` the
+    stream index of the batch's first row."""
+    bad_layers = [layers[j] for j in bad.any(0).nonzero().flatten().tolist()]
+    rows = bad.any(1).nonzero().flatten().tolist()
+    return (
+        f"{name} activations are not finite (NaN or Inf) at layer(s) "
+        f"{', '.join(map(str, bad_layers))}, in {len(rows)} of {bad.shape[0]} demonstrations "
+        f"of this batch (first: demonstration #{first + rows[0] + 1}); the model overflows "
+        "there. Load it in float32 (sea --dtype float32), fit other layers (--layers), or "
+        "check that demonstration"
+    )
 
 
 class SpectralStatistics:
@@ -71,14 +154,14 @@ class SpectralStatistics:
         svd: SvdRoute | str = SvdRoute.AUTO,
     ) -> None:
         self.svd = SvdRoute.parse(svd, "svd")
-        self.layers = tuple(int(i) for i in layers)
+        self.layers = check_layer_ids(layers)
         self.hidden_size = int(hidden_size)
         self.centered = centered
         self.feature = get_feature_map(feature)
         self.feature_scales: tuple[float, ...] | None = None
         if not self.feature.is_identity:
-            if feature_scales is None or len(feature_scales) != len(self.layers):
-                raise ValueError(f"feature {str(feature)!r} needs one scale per layer")
+            check_feature_scales(str(self.feature.name), feature_scales, self.layers)
+            assert feature_scales is not None
             self.feature_scales = tuple(float(s) for s in feature_scales)
         layers_, d = len(self.layers), self.hidden_size
         device = torch.device(device)
@@ -88,6 +171,8 @@ class SpectralStatistics:
         self.sum_neutral = torch.zeros(layers_, d, dtype=torch.float64, device=device)
         self.sum_pos = torch.zeros(layers_, d, dtype=torch.float64, device=device)
         self.sum_neg = torch.zeros(layers_, d, dtype=torch.float64, device=device)
+        # per set (SETS order) and layer: Σ ‖φ(h)‖², for the scale of the degeneracy checks
+        self.sum_sq = torch.zeros(3, layers_, dtype=torch.float64, device=device)
         # per layer: neutral coordinates whose feature-map round trip is lossy (Φ-SEA)
         self.clipped_count = torch.zeros(layers_, dtype=torch.int64, device=device)
         self._spectra: dict[SvdRoute, list[Spectrum]] = {}  # route → spectra
@@ -111,17 +196,38 @@ class SpectralStatistics:
             return x
         return self.feature.forward(x, self._scales())
 
-    @torch.no_grad()
-    def update(self, neutral: ArrayLike, positive: ArrayLike, negative: ArrayLike) -> None:
-        """Add a batch; each array is ``(B, L, d)`` (torch or numpy), rows aligned."""
+    def _checked(
+        self, neutral: ArrayLike, positive: ArrayLike, negative: ArrayLike
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch as three ``(B, L, d)`` tensors, or :class:`FitError`: shapes that
+        disagree (with each other or with the statistics), or NaN/Inf (naming the set,
+        the layers and the first demonstration)."""
         h, hp, hn = (
             as_activations(x, name)
-            for x, name in ((neutral, "neutral"), (positive, "positive"), (negative, "negative"))
+            for x, name in zip((neutral, positive, negative), SETS, strict=True)
         )
         expected = (h.shape[0], len(self.layers), self.hidden_size)
-        for x, name in ((h, "neutral"), (hp, "positive"), (hn, "negative")):
+        for x, name in zip((h, hp, hn), SETS, strict=True):
             if tuple(x.shape) != expected:
-                raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {expected}")
+                raise FitError(
+                    f"{name} has shape {tuple(x.shape)}, expected {expected} (N demonstrations "
+                    f"× {len(self.layers)} layers × hidden size {self.hidden_size}, rows aligned "
+                    "with the neutral activations)"
+                )
+        for x, name in zip((h, hp, hn), SETS, strict=True):
+            bad = ~torch.isfinite(x).all(-1)  # (B, L)
+            if bool(bad.any()):
+                raise FitError(_non_finite_message(name, bad, self.layers, self.count))
+        return h, hp, hn
+
+    @torch.no_grad()
+    def update(self, neutral: ArrayLike, positive: ArrayLike, negative: ArrayLike) -> None:
+        """Add a batch; each array is ``(B, L, d)`` (torch or numpy), rows aligned.
+
+        Raises:
+            FitError: misshapen or non-finite activations (nothing is added then).
+        """
+        h, hp, hn = self._checked(neutral, positive, negative)
         if self._samples is not None:
             if self.svd is SvdRoute.AUTO and self.count + h.shape[0] >= self.hidden_size:
                 self._samples = None
@@ -137,12 +243,72 @@ class SpectralStatistics:
         self.sum_neutral += h.sum(0)
         self.sum_pos += hp.sum(0)
         self.sum_neg += hn.sum(0)
+        self.sum_sq += torch.stack([x.square().sum((0, 2)) for x in (h, hp, hn)])
         self.count += h.shape[0]
         self._spectra.clear()
 
     def _require_data(self) -> None:
         if self.count == 0:
-            raise ValueError("no demonstrations were added to the fitter")
+            raise FitError("no demonstrations were added to the fitter")
+
+    def variances(self) -> torch.Tensor:
+        """``(3, L)`` float64: per set (:data:`SETS` order) and layer, the total variance
+        ``E‖φ(h)‖² − ‖E φ(h)‖²`` of the activations over the demonstrations."""
+        self._require_data()
+        means = torch.stack([self.sum_neutral, self.sum_pos, self.sum_neg]) / self.count
+        return (self.sum_sq / self.count - means.square().sum(-1)).clamp_min(0)
+
+    def constant_sets(self) -> list[list[str]]:
+        """Per layer, the sets (names of :data:`SETS`) whose activations do not vary over
+        the demonstrations (all N identical up to :data:`DEGENERATE_TOLERANCE`)."""
+        scale = self.sum_sq / self.count
+        flat = self.variances() <= DEGENERATE_TOLERANCE * scale
+        return [[SETS[k] for k in range(3) if bool(flat[k, j])] for j in range(len(self.layers))]
+
+    def zero_cause(self, index: int, sign: str) -> str:
+        """Why the cross-covariance Ω± (``sign`` ``"+"`` or ``"-"``) of the layer at
+        ``index`` (array order) is zero, in words, with what to do."""
+        other = "positive" if sign == "+" else "negative"
+        scale = self.sum_sq[:, index] / self.count
+        zero = [name for name, value in zip(SETS, scale.tolist(), strict=True) if value == 0]
+        constant = [name for name in self.constant_sets()[index] if name in ("neutral", other)]
+        constant = constant[:1]  # the neutral set when it is constant: one cause for Ω+ and Ω-
+        if self.centered and self.count == 1:
+            return (
+                "a centred fit of 1 demonstration has nothing left after centring; add "
+                "demonstrations or fit uncentred (centered=False; sea fit --no-centered)"
+            )
+        if any(name in zero for name in ("neutral", other)):
+            found = [name for name in ("neutral", other) if name in zero]
+            return (
+                f"the {' and '.join(found)} activations are all zero there; fit other layers "
+                "or another site"
+            )
+        if self.centered and constant:
+            return (
+                f"the {' and '.join(constant)} activations are identical across all "
+                f"{self.count} demonstrations (duplicate lines or answers?), so centring "
+                "removes them; use more, and different, demonstrations or fit uncentred "
+                "(centered=False; sea fit --no-centered)"
+            )
+        return (
+            f"the neutral and {other} activations are uncorrelated over the {self.count} "
+            "demonstrations; use more, and different, demonstrations"
+        )
+
+    def zero_layers(self, spectra: Sequence[Spectrum]) -> list[tuple[int, str]]:
+        """``(index, sign)`` (array order, ``"+"``/``"-"``) of each cross-covariance whose
+        top singular value in ``spectra`` is zero: below :data:`DEGENERATE_TOLERANCE`
+        of its bound ``sqrt(E‖φ(h)‖² E‖φ(h±)‖²)`` (Cauchy–Schwarz), or non-finite."""
+        scale = self.sum_sq / self.count
+        found = []
+        for index, (_, s_pos, _, s_neg) in enumerate(spectra):
+            for sign, values, row in (("+", s_pos, 1), ("-", s_neg, 2)):
+                bound = float((scale[0, index] * scale[row, index]).sqrt())
+                top = float(values[0])
+                if not top > DEGENERATE_TOLERANCE * bound:  # also NaN
+                    found.append((index, sign))
+        return found
 
     def neutral_means(self) -> torch.Tensor:
         """``(L, d)`` float64: the neutral activations' mean per layer (feature space)."""

@@ -2,9 +2,9 @@
 
 Every parser reports bad input through :class:`DataFormatError`, whose message always
 names the file and, where it applies, the 1-based line number (``path:line: message``).  A
-file that cannot be found (or fetched) is a :class:`DataFileMissing`, a
-:class:`FileNotFoundError`, so callers may catch either; :class:`DownloadError` and
-:class:`ChecksumMismatch` are the ways a permitted download fails.
+file that cannot be found (or fetched), or read (a directory, no permission), is a
+:class:`DataFileMissing`, a :class:`FileNotFoundError`, so callers may catch either;
+:class:`DownloadError` and :class:`ChecksumMismatch` are the ways a permitted download fails.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class ChecksumMismatch(DownloadError):
 
 
 class DataFormatError(ValueError):
-    """A benchmark file is malformed.
+    """A data file (a benchmark file, or a demonstrations file: its subclass
+    :class:`~spectral_edit.demos.format.DemoFormatError`) is malformed.
 
     Attributes:
         path: the offending file.

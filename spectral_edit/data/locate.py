@@ -43,6 +43,7 @@ __all__ = [
 ENV_DATA_DIR = "SEA_DATA_DIR"
 ENV_OFFLINE = "SEA_OFFLINE"
 _CHUNK = 1 << 20
+_DEFAULT_SOURCE = "the default user cache"
 
 
 # --------------------------------------------------------------------------- data directory
@@ -54,7 +55,7 @@ def _data_dir_and_source(explicit: str | os.PathLike[str] | None) -> tuple[Path,
     env = os.environ.get(ENV_DATA_DIR, "").strip()
     if env:
         return Path(env).expanduser(), f"from ${ENV_DATA_DIR}"
-    return platformdirs.user_cache_path("spectral-edit") / "data", "the default user cache"
+    return platformdirs.user_cache_path("spectral-edit") / "data", _DEFAULT_SOURCE
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -94,6 +95,20 @@ def _how_to_provide(rel: str, target: Path, known: RemoteFile | None) -> str:
     return "\n".join(lines)
 
 
+def _check_chosen_folder(root: Path, source: str) -> None:
+    """A data directory the user chose (``--data-dir`` or ``$SEA_DATA_DIR``) must be an
+    existing folder: a typo is :class:`DataFileMissing` naming it, never a download into a
+    new folder. Only the default user cache is created on demand."""
+    if source == _DEFAULT_SOURCE or root.is_dir():
+        return
+    what = "is not a folder" if root.exists() else "does not exist"
+    raise DataFileMissing(
+        f"data dir {root} ({source}) {what}. Fix the path, create the folder "
+        f"(mkdir -p {root}), or leave --data-dir and ${ENV_DATA_DIR} unset to use the "
+        "default user cache."
+    )
+
+
 def resolve(
     relpath: str,
     data_dir: str | os.PathLike[str] | None = None,
@@ -111,12 +126,15 @@ def resolve(
     Raises:
         DataFileMissing: the file is absent and may not be fetched; the message names the
             file, the data directory searched (and how it was chosen) and how to provide it.
+            Also a data directory chosen explicitly (argument or ``$SEA_DATA_DIR``) that is
+            not an existing folder (the default user cache is created on demand).
         DownloadError / ChecksumMismatch: a permitted download failed (both subclass
             :class:`DataFileMissing`); nothing is left behind.
         ValueError: ``relpath`` is absolute or escapes the data directory.
     """
     rel = _check_relpath(relpath)
     root, source = _data_dir_and_source(data_dir)
+    _check_chosen_folder(root, source)
     target = root.joinpath(*rel.split("/"))
     if target.is_file():
         return target

@@ -3,20 +3,26 @@ records with their 1-based line numbers, and typed field access.
 
 Every failure is a :class:`~spectral_edit.data.errors.DataFormatError` naming the file and,
 where it applies, the line, so the per-dataset modules stay short and their error messages
-uniform. JSON objects with a duplicate key are refused (instead of silently keeping the
-last value); UTF-8 input may start with a BOM.
+uniform; a file that is absent, a directory or unreadable is a
+:class:`~spectral_edit.data.errors.DataFileMissing`. JSON objects with a duplicate key, and
+strings holding a lone UTF-16 surrogate escape, are refused (instead of silently keeping
+the last value, or failing later in a tokenizer); UTF-8 input may start with a BOM (the
+demonstrations reader, :func:`spectral_edit.demos.format.read_demos`, reads through
+:func:`iter_json_lines` and so accepts and refuses the same).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFormatError
+from .errors import DataFileMissing, DataFormatError
 
 __all__ = [
     "iter_csv_records",
@@ -31,35 +37,95 @@ __all__ = [
 # --------------------------------------------------------------------------- JSON readers
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` that refuses duplicate keys instead of silently keeping the last."""
+class _RefusedValue(ValueError):
+    """A JSON text that decodes but is refused: a duplicate key or a lone surrogate."""
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_strings(value: Any) -> None:
+    """Refuse a string (or a string in a list, at any depth) holding a lone UTF-16 surrogate.
+
+    Only a ``\\udXXX`` escape can put one there (decoded UTF-8 never holds one); such a
+    string is not text: it cannot be encoded, written or tokenised.
+    """
+    if isinstance(value, str):
+        if not value.isascii() and _LONE_SURROGATE.search(value):
+            raise _RefusedValue(
+                f"string {value[:40]!r} holds a lone UTF-16 surrogate escape "
+                "(\\ud800-\\udfff without its pair); fix or remove the escape"
+            )
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
+def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: refuse duplicate keys (instead of silently keeping the last)
+    and lone surrogates in keys and values (nested objects were checked by their own call)."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r} in a JSON object")
+            raise _RefusedValue(f"duplicate key {key!r} in a JSON object; keep only one")
+        _check_strings(key)
+        _check_strings(value)
         out[key] = value
     return out
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys)
+_DECODER = json.JSONDecoder(object_pairs_hook=_checked_object)
+
+
+def _json_error(exc: Exception, path: Path, line: int) -> DataFormatError:
+    """The :class:`DataFormatError` for a failure of :data:`_DECODER` on a value at ``line``.
+
+    Besides invalid JSON and refused values, the decoder can fail on nesting too deep for
+    the recursion limit and on integers too long to convert (Python's 4300-digit limit).
+    """
+    if isinstance(exc, json.JSONDecodeError):
+        return DataFormatError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line)
+    if isinstance(exc, RecursionError):
+        return DataFormatError(path, "invalid JSON: nested too deeply", line)
+    if isinstance(exc, _RefusedValue):
+        return DataFormatError(path, str(exc), line)
+    return DataFormatError(path, f"invalid JSON: {exc}", line)
 
 
 def _decode(text: str, path: Path, line: int) -> Any:
     """Decode one JSON value, turning any failure into a :class:`DataFormatError` at ``line``."""
     try:
         return _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line) from exc
-    except ValueError as exc:  # duplicate key
-        raise DataFormatError(path, str(exc), line) from exc
+    except (ValueError, RecursionError) as exc:
+        raise _json_error(exc, path, line) from exc
 
 
 def _read_text(path: Path) -> str:
-    """Read a UTF-8 file (a leading BOM is tolerated); undecodable bytes are a format error."""
+    """The text of a UTF-8 file; a leading BOM is dropped (BOMs are accepted everywhere:
+    every benchmark and demonstrations reader goes through here).
+
+    Raises:
+        DataFileMissing: the file does not exist, is a directory or cannot be read.
+        DataFormatError: bytes that are not UTF-8, naming the line and the byte offset.
+    """
     try:
-        return path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise DataFileMissing(f"{path}: is a directory, not a file; pass the file") from None
+    except FileNotFoundError:
+        raise DataFileMissing(f"{path}: no such file; check the path") from None
+    except OSError as exc:
+        raise DataFileMissing(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataFormatError(path, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataFormatError(
+            path,
+            f"not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+            f"({exc.reason}); save the file as UTF-8",
+            line,
+        ) from None
 
 
 def iter_json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -114,12 +180,9 @@ def iter_json_array(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[st
         last_pos = i
         try:
             obj, end = _DECODER.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(
-                p, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno
-            ) from exc
-        except ValueError as exc:  # duplicate key
-            raise DataFormatError(p, str(exc), last_line) from exc
+        except (ValueError, RecursionError) as exc:
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else last_line
+            raise _json_error(exc, p, line) from exc
         if not isinstance(obj, dict):
             raise DataFormatError(p, f"expected a JSON object, got {type(obj).__name__}", last_line)
         yield last_line, obj
@@ -128,8 +191,9 @@ def iter_json_array(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[st
             i = _skip_ws(text, i + 1)
             continue
         if i < len(text) and text[i] == "]":
-            if _skip_ws(text, i + 1) != len(text):
-                raise DataFormatError(p, "unexpected data after the JSON array", line_at(i + 1))
+            rest = _skip_ws(text, i + 1)
+            if rest != len(text):
+                raise DataFormatError(p, "unexpected data after the JSON array", line_at(rest))
             return
         raise DataFormatError(p, "invalid JSON: expected ',' or ']' in array", line_at(i))
 
@@ -211,33 +275,37 @@ def iter_csv_records(
     """Yield ``(first line of the row, {column: raw value})`` for each non-blank CSV row.
 
     Accepts a UTF-8 BOM and CRLF or LF line ends, quoted fields with commas and newlines,
-    and extra columns (ignored). Raises :class:`DataFormatError` naming the file (and
-    line) for invalid UTF-8, CSV syntax errors, an empty file, a header without one of
-    ``columns``, or a row whose field count differs from the header's.
+    and extra columns (ignored). Raises :class:`DataFormatError` naming the file and line
+    for invalid UTF-8 (with its byte offset), CSV syntax errors, an empty file, a header
+    without one of ``columns``, or a row whose field count differs from the header's; and
+    :class:`DataFileMissing` for a file that is absent or unreadable.
     """
     p = Path(path)
+    # The whole text is decoded first, so a UTF-8 error's byte offset is the file's own.
+    reader = csv.reader(io.StringIO(_read_text(p), newline=""))
     try:
-        with open(p, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise DataFormatError(p, "empty file (no header row)", 1)
-            header = [h.strip() for h in header]
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise DataFormatError(p, f"header lacks column(s) {missing}; found {header}", 1)
-            index = {name: header.index(name) for name in columns}
-            start = reader.line_num + 1
-            for fields in reader:
-                line, start = start, reader.line_num + 1
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                if len(fields) != len(header):
-                    raise DataFormatError(
-                        p, f"row has {len(fields)} fields, header has {len(header)}", line
-                    )
-                yield line, {name: fields[i] for name, i in index.items()}
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(p, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        yield from _csv_rows(reader, p, columns)
     except csv.Error as exc:
-        raise DataFormatError(p, f"CSV syntax error: {exc}") from exc
+        raise DataFormatError(p, f"CSV syntax error: {exc}", reader.line_num) from exc
+
+
+def _csv_rows(reader: Any, p: Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """The rows of :func:`iter_csv_records`, read from ``reader`` (a ``csv.reader``)."""
+    header = next(reader, None)
+    if header is None:
+        raise DataFormatError(p, "empty file (no header row)", 1)
+    header = [h.strip() for h in header]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataFormatError(p, f"header lacks column(s) {missing}; found {header}", 1)
+    index = {name: header.index(name) for name in columns}
+    start = reader.line_num + 1
+    for fields in reader:
+        line, start = start, reader.line_num + 1
+        if not fields or all(not f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            raise DataFormatError(
+                p, f"row has {len(fields)} fields, header has {len(header)}", line
+            )
+        yield line, {name: fields[i] for name, i in index.items()}

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from ..core.options import check_limit
 from .bbq import BBQItem, load_bbq_dir
 from .locate import resolve
 from .truthfulqa import (
@@ -158,6 +159,7 @@ def truthfulqa_questions(
 ) -> list[MCQuestion]:
     """TruthfulQA multiple-choice questions of ``mc_file``: all of them, or those of SEA
     fold 1 or 2; the first ``limit`` (``None`` = all)."""
+    check_limit("limit", limit)
     questions = load_mc_task(resolve(f"truthfulqa/{mc_file}", data_dir))
     if fold is not None:
         questions = split_mc_by_fold(questions, load_fold(fold, data_dir))
@@ -174,6 +176,7 @@ def truthfulqa_rows(
     references): all of them, or those whose question is in SEA fold 1 or 2 (CSV order
     kept); the first ``limit`` (``None`` = all). The same selection as
     :func:`truthfulqa_questions` makes of the multiple-choice questions."""
+    check_limit("limit", limit)
     rows = load_truthfulqa_csv(resolve("truthfulqa/TruthfulQA.csv", data_dir))
     if fold is not None:
         wanted = {normalize_question(r.question) for r in load_fold(fold, data_dir)}
@@ -188,8 +191,8 @@ def truthfulqa_folds(
     per_fold: int | None = None,
 ) -> dict[int, list[MCQuestion]]:
     """``{1: fold-1 questions, 2: fold-2 questions}``, the first ``per_fold`` of each."""
+    check_limit("per_fold", per_fold)
     questions = load_mc_task(resolve(f"truthfulqa/{mc_file}", data_dir))
     return {
-        fold: split_mc_by_fold(questions, load_fold(fold, data_dir))[:per_fold]
-        for fold in (1, 2)
+        fold: split_mc_by_fold(questions, load_fold(fold, data_dir))[:per_fold] for fold in (1, 2)
     }

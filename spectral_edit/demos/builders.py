@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from ..core.options import check_limit
 from ..data.bbq import BBQItem
 from ..data.halueval import HaluEvalQA
 from ..data.truthfulqa import TruthfulQARow
@@ -25,7 +26,9 @@ PAPER_SEED = 44
 
 
 def _seeded_order(n: int, limit: int | None, rng: random.Random) -> list[int]:
-    """Indices ``0..n-1`` shuffled by ``rng``, the first ``limit`` of them."""
+    """Indices ``0..n-1`` shuffled by ``rng``, the first ``limit`` of them (``None``: all;
+    else ``>= 1``)."""
+    check_limit("limit", limit)
     order = list(range(n))
     rng.shuffle(order)
     return order if limit is None else order[:limit]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 import torch
 from torch import nn
 
-from ..core.options import Positions, Site
+from ..core.options import Positions, Site, check_alpha
 from ..hf.hooks import HookFn, HookHandle, HookSite, add_hooks
 from ..hf.layers import site_modules
 from ..hf.positions import PositionTracker
@@ -33,6 +32,7 @@ from .file_format import (
     EditorFormat,
     check_fits,
     read_editor_file,
+    warn_if_other_model,
     write_editor_file,
 )
 
@@ -112,6 +112,13 @@ class EditorBase:
     layer_path: str | None
     metadata: Mapping[str, Any]
 
+    def _check_alpha(self) -> None:
+        """Check the strength and store it as a float: ``ValueError`` unless it is finite
+        with ``|α| <= MAX_ALPHA`` (:func:`~spectral_edit.core.options.check_alpha`). Every
+        editor calls it from ``__post_init__``, so construction, ``with_options(alpha=...)``
+        and loading a file (:meth:`load`, which names the file) all refuse such an α."""
+        object.__setattr__(self, "alpha", check_alpha(self.alpha))
+
     def check_model(self, model: nn.Module) -> None:
         """Raise :class:`EditorFileError` if the editor does not fit ``model``."""
         check_fits(model, self.hidden_size, self.num_layers, self.layer_path)
@@ -151,25 +158,25 @@ class EditorBase:
 
         Raises:
             EditorFileError: naming the file, for any failure (unreadable, another kind or
-                version, corrupted, missing or malformed fields, an invalid editor, or one
-                that does not fit ``model``).
+                version, corrupted, missing, malformed or non-finite fields, an invalid
+                editor, or one that does not fit ``model``).
+
+        Warns:
+            EditorModelWarning: ``model`` fits but is not the model recorded at fit time.
         """
         path = Path(path)
         fmt = cls.FORMAT
         header, tensors = read_editor_file(path, fmt.name, fmt.version, fmt.required)
         try:
             editor = cls(**fmt.decode(cls, header, tensors))
+            fmt.check_written_only(editor, header)
             if model is not None:
                 editor.check_model(model)
-        except (ValueError, TypeError, KeyError) as error:  # EditorFileError is a ValueError
+        except (ValueError, TypeError, LookupError) as error:  # EditorFileError is a ValueError
             raise EditorFileError(f"{path}: {error}") from error
+        if model is not None:
+            warn_if_other_model(path, editor.metadata, model)
         return editor
-
-
-def check_alpha(alpha: float) -> None:
-    """Raise ``ValueError`` unless the strength ``alpha`` is finite."""
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha {alpha} is not finite")
 
 
 class SiteEditor(EditorBase):

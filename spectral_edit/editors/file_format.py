@@ -11,6 +11,14 @@ its annotation names, lists becoming tuples) and how its tensor fields are named
 file (:class:`TensorField`). :meth:`EditorFormat.encode` and :meth:`EditorFormat.decode`
 are the one codec of every kind of editor (``EditorBase.save`` / ``EditorBase.load`` use
 them); every failure to read a file is an :class:`EditorFileError` naming the file.
+
+What a reader guarantees (for every kind of editor): only safetensors and JSON are parsed
+(a pickle renamed ``.safetensors`` is refused, never unpickled); the content hash matches;
+every tensor and every number of the editor's own header fields is finite; entries written
+for readers only (e.g. ``ranks``) agree with the tensors. Loading with a model also checks
+that the editor fits it (:func:`check_fits`: both shapes named when not) and warns
+(:class:`EditorModelWarning`) when the model differs from the one recorded at fit time
+(:func:`model_identity`, which records names and content digests, never local paths).
 """
 
 from __future__ import annotations
@@ -19,8 +27,10 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,12 +42,23 @@ from torch import nn
 
 from ..hf.layers import find_decoder_layers, hidden_size_of
 from ..util.atomic import atomic_path
+from ..util.identity import folder_fingerprint, shareable_name
 
 METADATA_KEY = "spectral_edit"
+
+_REDO = "copy the file again, or refit the editor"
+"""What to do about a damaged editor file (the end of the messages)."""
+
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
+"""How a ``torch.save`` file starts (a zip archive, or a legacy pickle)."""
 
 
 class EditorFileError(ValueError):
     """An editor file is unreadable, corrupted, of another kind, or does not fit the model."""
+
+
+class EditorModelWarning(UserWarning):
+    """An editor is applied to a model of its shape that is not the one it was fitted on."""
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> str:
@@ -63,18 +84,20 @@ def write_editor_file(
     """
     path = Path(path)
     stored = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    _check_finite_tensors(path, stored, "refusing to write")
     plain = json.loads(json.dumps(dict(header), default=_json_default))
     full = {**plain, "content_sha256": content_hash(stored, plain)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # creates the folder; an unwritable one is OutputError
         save_file(stored, str(tmp), metadata={METADATA_KEY: json.dumps(full)})
     return path
 
 
 def _read(path: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The JSON header (a dict, unchecked beyond that) and, if asked, the tensors."""
+    if path.is_dir():
+        raise EditorFileError(f"{path}: is a directory, not an editor file; pass the .safetensors")
     if not path.is_file():
-        raise EditorFileError(f"{path}: no such editor file")
+        raise EditorFileError(f"{path}: no such editor file; check the path")
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -84,16 +107,50 @@ def _read(path: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, tor
                 # the file buffer's offsets; a loaded editor must act exactly as the saved one
                 tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
-        raise EditorFileError(f"{path}: not a readable safetensors file ({error})") from error
+        raise EditorFileError(_unreadable(path, error)) from error
     if raw is None:
-        raise EditorFileError(f"{path}: no {METADATA_KEY} metadata; not an editor file")
+        raise EditorFileError(
+            f"{path}: no {METADATA_KEY} metadata; not an editor file (editors are written by "
+            "`sea fit` or Editor.save)"
+        )
     try:
         header = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise EditorFileError(f"{path}: editor metadata is not valid JSON ({error})") from error
+        raise EditorFileError(
+            f"{path}: editor metadata is not valid JSON ({error}); {_REDO}"
+        ) from error
     if not isinstance(header, dict):
         raise EditorFileError(f"{path}: editor metadata must be a JSON object")
     return header, tensors
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """The message for a file safetensors cannot parse; names a ``torch.save`` pickle."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        start = b""
+    if start and start.startswith(_PICKLE_MAGIC):
+        return (
+            f"{path}: a PyTorch pickle (torch.save), not a safetensors editor file; pickles "
+            "are never loaded (they can run code): save the editor with Editor.save"
+        )
+    return (
+        f"{path}: not a readable safetensors file ({error}); it is truncated or not an "
+        f"editor: {_REDO}"
+    )
+
+
+def _check_finite_tensors(path: Path, tensors: Mapping[str, torch.Tensor], doing: str) -> None:
+    """Raise :class:`EditorFileError` naming the first tensor holding NaN or Inf."""
+    for name in sorted(tensors):
+        bad = int((~torch.isfinite(tensors[name])).sum())
+        if bad:
+            raise EditorFileError(
+                f"{path}: {doing} an editor whose tensor {name!r} holds {bad} non-finite "
+                f"value(s) (NaN or Inf); refit the editor"
+            )
 
 
 def read_format(path: str | Path) -> str:
@@ -118,25 +175,99 @@ def read_editor_file(
     if header["format_version"] != format_version:
         raise EditorFileError(
             f"{path}: format version {header['format_version']} is not supported "
-            f"(this library reads version {format_version})"
+            f"(this library reads version {format_version}): upgrade spectral-edit, or refit "
+            "the editor with this release"
         )
     missing = [key for key in ("content_sha256", *required) if key not in header]
     if missing:
         raise EditorFileError(f"{path}: editor metadata lacks {', '.join(missing)}")
     if content_hash(tensors, header) != header["content_sha256"]:
-        raise EditorFileError(f"{path}: content hash mismatch; the file is corrupted or edited")
+        raise EditorFileError(
+            f"{path}: content hash mismatch; the file is corrupted or edited: {_REDO}"
+        )
+    _check_finite_tensors(path, tensors, "refusing to load")
     return header, tensors
 
 
 def check_fits(model: nn.Module, hidden_size: int, num_layers: int, layer_path: str | None) -> None:
-    """Raise :class:`EditorFileError` unless the model has this width and layer count."""
+    """Raise :class:`EditorFileError`, naming both shapes, unless the model has this width
+    and layer count."""
     hidden = hidden_size_of(model)
     blocks = len(find_decoder_layers(model, layer_path))
-    if hidden != hidden_size:
-        raise EditorFileError(f"editor is for hidden size {hidden_size}, the model has {hidden}")
-    if blocks != num_layers:
+    if (hidden, blocks) != (hidden_size, num_layers):
         raise EditorFileError(
-            f"editor is for a model with {num_layers} layers, this one has {blocks}"
+            f"editor is for a model of hidden size {hidden_size} with {num_layers} layers; "
+            f"this model has hidden size {hidden} with {blocks} layers: use an editor fitted "
+            "on this model (sea fit --model ...)"
+        )
+
+
+# ------------------------------------------------------------------ model identity
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """What an editor records of the model it was fitted on; never raises, holds no path.
+
+    ``model``: the built-in name, Hub id or GGUF / folder *name* (:func:`~spectral_edit.
+    util.identity.shareable_name`), else the model type; ``model_revision``: the Hub
+    commit, ``sha256:<hex>`` of a GGUF, ``fingerprint:<hex>`` of a local folder's files
+    (:func:`~spectral_edit.util.identity.folder_fingerprint`), else ``None``;
+    ``model_type``: the architecture (``config.model_type``), else ``None``.
+    """
+    from transformers import PreTrainedModel
+
+    from ..hf.models import model_name_of, resolve_revision
+
+    if not isinstance(model, PreTrainedModel):
+        return {"model": type(model).__name__, "model_revision": None, "model_type": None}
+    try:
+        name, revision = model_name_of(model), resolve_revision(model)
+        if revision is None and Path(name).is_absolute() and Path(name).is_dir():
+            revision = f"fingerprint:{folder_fingerprint(name)}"
+    except Exception:  # noqa: BLE001 - metadata is descriptive only
+        name, revision = type(model).__name__, None
+    model_type = getattr(model.config, "model_type", None)
+    return {
+        "model": shareable_name(name),
+        "model_revision": revision,
+        "model_type": model_type if isinstance(model_type, str) and model_type else None,
+    }
+
+
+def identity_mismatch(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """How two :func:`model_identity` records differ: empty if they may be the same model.
+
+    Compared: the architectures, and the revisions where both sides know them (equal
+    revisions mean the same weights, whatever the names); where either revision is
+    unknown, the names (a recorded name that is a local path, as editors of earlier
+    releases hold, by its final name)."""
+    theirs = {**recorded, "model": shareable_name(str(recorded.get("model") or ""))}
+
+    def differs(key: str) -> bool:
+        return bool(theirs.get(key) and current.get(key) and theirs[key] != current[key])
+
+    found = []
+    if differs("model_type"):
+        found.append(f"architecture {theirs['model_type']!r}, not {current['model_type']!r}")
+    if differs("model_revision"):
+        found.append(f"weights {theirs['model_revision']}, not {current['model_revision']}")
+    elif not (theirs.get("model_revision") and current.get("model_revision")) and differs("model"):
+        found.append("other names, and the weights are not recorded on both sides")
+    return found
+
+
+def warn_if_other_model(path: Path, metadata: Mapping[str, Any], model: nn.Module) -> None:
+    """Warn (:class:`EditorModelWarning`) when the model identity the editor in ``path``
+    recorded at fit time is not ``model``'s (editors recording none are not checked)."""
+    if metadata.get("model") is None:
+        return
+    current = model_identity(model)
+    found = identity_mismatch(metadata, current)
+    if found:
+        warnings.warn(
+            f"{path}: the editor was fitted on {shareable_name(str(metadata['model']))!r}, "
+            f"this model is {current['model']!r} ({'; '.join(found)}); the shapes fit, but "
+            "the edit may not carry over: refit the editor on this model (sea fit --model ...)",
+            EditorModelWarning,
+            stacklevel=3,
         )
 
 
@@ -227,7 +358,8 @@ class EditorFormat:
 
         Raises:
             EditorFileError: the tensors are not exactly the ones the header names.
-            ValueError, TypeError: a header value is not of its field's type.
+            ValueError, TypeError: a header value is not of its field's type, or a number
+                of a field other than ``metadata`` is not finite.
         """
         types_ = _field_types(cls)
         fields: dict[str, Any] = {}
@@ -237,6 +369,8 @@ class EditorFormat:
                     fields[key] = _from_json(header[key], types_[key])
                 except (TypeError, ValueError) as error:
                     raise type(error)(f"header field {key!r}: {error}") from error
+                if key != "metadata" and not _all_finite(fields[key]):
+                    raise ValueError(f"header field {key!r} is not finite: {header[key]!r}")
         names = {spec: spec.names(fields[spec.per] if spec.per else ()) for spec in self.tensors}
         names = {
             spec: group
@@ -246,12 +380,38 @@ class EditorFormat:
         expected = {name for group in names.values() for name in group}
         if set(tensors) != expected:
             raise EditorFileError(
-                f"tensors {sorted(tensors)} do not match the expected {sorted(expected)}"
+                f"tensors {sorted(tensors)} do not match the expected {sorted(expected)}; "
+                f"the file is damaged or mislabelled: {_REDO}"
             )
         for spec, group in names.items():
             found = tuple(tensors[name] for name in group)
             fields[spec.field] = found if spec.per is not None else found[0]
         return fields
+
+    def check_written_only(self, editor: object, header: Mapping[str, Any]) -> None:
+        """Raise :class:`EditorFileError` unless every :attr:`written_only` entry of the
+        header equals the JSON form of the loaded ``editor``'s attribute of that name (the
+        entry, e.g. ``ranks``, is for readers of the file: it must tell them the truth)."""
+        for key in self.written_only:
+            if key not in header:
+                continue
+            actual = json.loads(json.dumps(getattr(editor, key), default=_json_default))
+            if header[key] != actual:
+                raise EditorFileError(
+                    f"header entry {key!r} is {header[key]!r} but the tensors give {actual!r}; "
+                    f"the header was edited: {_REDO}"
+                )
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether every float in ``value`` (nested tuples, lists and mappings) is finite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(_all_finite(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(_all_finite(item) for item in value.values())
+    return True
 
 
 @functools.cache
@@ -261,14 +421,23 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _from_json(value: Any, hint: Any) -> Any:
     """A header value parsed from JSON, as the type ``hint`` of its field: lists become
-    tuples (``tuple[int, ...]``, ``tuple[tuple[int, int], ...]``), numbers ``int`` or
-    ``float``; ``None``, strings (enums included: the editor parses them) and mappings
-    pass as they are."""
-    if value is None:
-        return None
+    tuples (``tuple[int, ...]``, ``tuple[tuple[int, int], ...]``), an ``int`` must be an
+    integer and a ``float`` a number (``true`` is neither), a ``bool`` a boolean, a mapping
+    an object, and ``null`` is taken only where the hint is optional; strings (enums
+    included: the editor parses them) pass as they are.
+
+    Raises:
+        TypeError: the value is not of that type.
+    """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
         return _from_json(value, next(arg for arg in args if arg is not type(None)))
+    if hint is Any:
+        return value
+    if value is None:
+        raise TypeError("expected a value, got null")
     if origin is tuple:
         if not isinstance(value, list):
             raise TypeError(f"expected a list, got {value!r}")
@@ -277,9 +446,26 @@ def _from_json(value: Any, hint: Any) -> Any:
         if len(value) != len(args):
             raise ValueError(f"expected {len(args)} items, got {value!r}")
         return tuple(_from_json(item, arg) for item, arg in zip(value, args, strict=True))
-    if hint in (int, float):
-        return hint(value)
-    return value
+    kind = origin or hint
+    if kind in _JSON_TYPES:
+        wrong_bool = isinstance(value, bool) != (hint is bool)  # JSON true is no number
+        if wrong_bool or not isinstance(value, _JSON_TYPES[kind]):
+            raise TypeError(f"expected {_JSON_NAMES[kind]}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+_JSON_TYPES: dict[Any, type | tuple[type, ...]] = {
+    int: int,
+    float: (int, float),
+    bool: bool,
+    str: str,
+    Mapping: dict,
+    dict: dict,
+}
+"""The JSON (Python) types a header value of each field type must have."""
+
+_JSON_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+_JSON_NAMES |= {Mapping: "an object", dict: "an object"}
 
 
 def _json_default(value: object) -> Any:

@@ -36,10 +36,17 @@ def load_editor(path: str | Path, model: nn.Module | None = None) -> Editor:
     given), whatever its kind.
 
     Raises:
-        EditorFileError: unreadable, corrupted, of an unknown kind, or not fitting the model.
+        EditorFileError: unreadable, corrupted, of an unknown kind, holding non-finite
+            values, or not fitting the model (both shapes named).
+
+    Warns:
+        EditorModelWarning: ``model`` fits but is not the model recorded at fit time.
     """
     name = read_format(path)
     classes = editor_classes()
     if name not in classes:
-        raise EditorFileError(f"{path}: unknown editor format {name!r}; known: {sorted(classes)}")
+        raise EditorFileError(
+            f"{path}: unknown editor format {name!r}; known: {sorted(classes)} (written by "
+            "another tool or a newer release?)"
+        )
     return classes[name].load(path, model)

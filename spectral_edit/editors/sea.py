@@ -85,6 +85,7 @@ class SpectralEditor(SiteEditor):
         if len(self.pos_factors) != len(self.layers) or len(self.neg_factors) != len(self.layers):
             raise ValueError("one positive and one negative factor are needed per layer")
         self._check_layers()
+        self._check_alpha()
         for layer, pos, neg in zip(self.layers, self.pos_factors, self.neg_factors, strict=True):
             for name, factor in (("pos", pos), ("neg", neg)):
                 if factor.ndim != 2 or factor.shape[0] != self.hidden_size or factor.shape[1] < 1:

@@ -17,10 +17,24 @@ from typing import Any
 import torch
 
 from ..core.features import get_feature_map, rms_scale
-from ..core.options import Feature, Merge, Positions, Site, SvdRoute
-from ..core.spectral import choose_rank, energy_fractions
-from ..core.statistics import ArrayLike, SpectralStatistics, as_activations
+from ..core.options import Feature, Merge, Positions, Site, SvdRoute, check_ratio
+from ..core.spectral import choose_rank, energy_fractions, subspaces_coincide
+from ..core.statistics import (
+    ArrayLike,
+    FitError,
+    SpectralStatistics,
+    Spectrum,
+    as_activations,
+    check_layer_ids,
+    check_ranks,
+)
 from .sea import SpectralEditor
+
+_TODO = (
+    "use more, and more varied, demonstrations (SEA needs N well above the ranks kept; "
+    "check the file for duplicate lines), lower pos_ratio/neg_ratio (sea fit --pos-ratio/"
+    "--neg-ratio) or fix smaller ranks (--pos-rank/--neg-rank)"
+)
 
 
 class SpectralFitter(SpectralStatistics):
@@ -83,19 +97,39 @@ class SpectralFitter(SpectralStatistics):
         direction and of the kept ones, the signature and (Φ-SEA) the clipped share.
         The neutral mean per layer (feature space) is stored for the centred edit
         (``center_edit``); ``positions`` chooses the positions edited.
+
+        The editor returned has finite factors and edits at least one layer. Degenerate
+        demonstrations are refused, naming the layers, the cause and what to do; a
+        layer whose edit is the identity, or whose kept ranks reach every direction the
+        demonstrations span, is warned about (:class:`UserWarning`).
+
+        Raises:
+            FitError: a bad ratio or rank; no demonstrations; positive and negative
+                activations identical at every layer; a zero cross-covariance at some
+                layer (e.g. 1 demonstration centred, all-duplicate demonstrations
+                centred, all-zero activations); an edit that is the identity at every
+                layer (e.g. N = 1 or 2, or too few demonstrations for the ratio).
         """
         merge = Merge.parse(merge, "merge")
+        pos_ratio = self._checked_ratio("pos_ratio", pos_ratio)
+        neg_ratio = self._checked_ratio("neg_ratio", neg_ratio)
+        ranks = check_ranks(self.hidden_size, pos_rank=pos_rank, neg_rank=neg_rank)
+        pos_rank, neg_rank = ranks["pos_rank"], ranks["neg_rank"]
+        self._require_data()
         route = self.svd_route
         if route is SvdRoute.THIN and max(pos_rank or 0, neg_rank or 0) > min(
             self.count, self.hidden_size
         ):
             route = SvdRoute.DENSE  # ranks beyond N: null-space directions, from the d × d SVD
-        pos_factors, neg_factors, stats = [], [], []
-        for layer, (u_pos, s_pos, u_neg, s_neg) in zip(
-            self.layers, self.spectra(route), strict=True
-        ):
+        spectra = self.spectra(route)
+        self._check_nonzero(spectra)
+        self._check_contrast()
+        pos_factors, neg_factors, stats, identity = [], [], [], []
+        for layer, (u_pos, s_pos, u_neg, s_neg) in zip(self.layers, spectra, strict=True):
             k_pos = choose_rank(s_pos, pos_ratio, pos_rank, "pos_rank")
             k_neg = choose_rank(s_neg, neg_ratio, neg_rank, "neg_rank")
+            if subspaces_coincide(u_pos[:, :k_pos], u_neg[:, :k_neg]):
+                identity.append(layer)
             pos_factors.append(u_pos[:, :k_pos].float().cpu().contiguous())
             neg_factors.append(u_neg[:, :k_neg].float().cpu().contiguous())
             e_pos, e_neg = energy_fractions(s_pos), energy_fractions(s_neg)
@@ -116,6 +150,8 @@ class SpectralFitter(SpectralStatistics):
             if self.feature_scales is not None:
                 entry["clipped_share"] = share
         self._warn_clipped(clipped)
+        self._check_identity(identity, stats)
+        self._warn_saturated(stats)
         info = {
             "n_demonstrations": self.count,
             "centered": self.centered,
@@ -142,6 +178,97 @@ class SpectralFitter(SpectralStatistics):
             means=tuple(m.float().cpu().contiguous() for m in self.neutral_means()),
             center_edit=center_edit,
             positions=Positions.parse(positions, "positions"),
+        )
+
+    @staticmethod
+    def _checked_ratio(name: str, ratio: float) -> float:
+        """:func:`~spectral_edit.core.options.check_ratio` as a :class:`FitError`."""
+        try:
+            return check_ratio(name, ratio)
+        except ValueError as error:
+            raise FitError(str(error)) from None
+
+    def _demonstrations(self) -> str:
+        """``"N demonstration(s)"``, with ``" (centred)"`` for a centred fit."""
+        plural = "" if self.count == 1 else "s"
+        return f"{self.count} demonstration{plural}{' (centred)' if self.centered else ''}"
+
+    def _check_contrast(self) -> None:
+        """:class:`FitError` if the positive and negative activations agree at every layer
+        (same sums and cross sums): the demonstrations carry no contrast to edit along."""
+        same = all(
+            torch.equal(a, b)
+            for a, b in (
+                (self.cross_pos, self.cross_neg),
+                (self.sum_pos, self.sum_neg),
+                (self.sum_sq[1], self.sum_sq[2]),
+            )
+        )
+        if same:
+            raise FitError(
+                f"the positive and negative activations are identical at every fitted layer "
+                f"{self.layers} over the {self.count} demonstrations (are each "
+                "demonstration's positive and negative answers the same?), so there is no "
+                "contrast to edit along; give demonstrations whose positive and negative "
+                "answers differ"
+            )
+
+    def _check_nonzero(self, spectra: Sequence[Spectrum]) -> None:
+        """:class:`FitError` naming each layer whose Ω+ or Ω- is zero, with the cause
+        (:meth:`zero_cause`) and what to do."""
+        zero = self.zero_layers(spectra)
+        if not zero:
+            return
+        causes: dict[str, list[str]] = {}
+        for index, sign in zero:
+            causes.setdefault(self.zero_cause(index, sign), []).append(
+                f"{self.layers[index]} (Ω{sign})"
+            )
+        text = "; ".join(f"at layer {', '.join(where)}: {cause}" for cause, where in causes.items())
+        raise FitError(f"cannot fit SEA: a cross-covariance is zero {text}")
+
+    def _check_identity(self, identity: Sequence[int], stats: Sequence[Mapping[str, Any]]) -> None:
+        """:class:`FitError` if the edit is the identity at every layer (``identity``: the
+        layers whose kept positive and negative subspaces coincide); a warning if at some."""
+        if not identity:
+            return
+        ranks = ", ".join(
+            f"{e['layer']}: k+ = k- = {e['pos_rank']}" for e in stats if e["layer"] in identity
+        )
+        duplicates = [j for j, sets in enumerate(self.constant_sets()) if "neutral" in sets]
+        hint = (
+            f"; the {self.count} neutral activations are identical (duplicate demonstrations?)"
+            if duplicates and self.count > 1
+            else ""
+        )
+        why = (
+            f"the kept positive and negative subspaces coincide ({ranks}), so P+h + P-h = h. "
+            f"With {self._demonstrations()} the ratios keep every direction they span{hint}"
+        )
+        if len(identity) == len(self.layers):
+            raise FitError(f"the edit would do nothing at every fitted layer: {why}; {_TODO}")
+        warnings.warn(
+            f"the edit does nothing at layer(s) {', '.join(map(str, identity))}: {why}. The "
+            f"other layers are edited; to edit these too, {_TODO}",
+            stacklevel=3,
+        )
+
+    def _warn_saturated(self, stats: Sequence[Mapping[str, Any]]) -> None:
+        """Warn where a kept rank reaches ``b = min(N, d)`` (``N − 1`` centred), every
+        direction the demonstrations span: the subspace is then the demonstrations' span
+        (beyond ``b``, arbitrary null-space directions), not a measured direction."""
+        bound = min(self.count - int(self.centered), self.hidden_size)
+        if bound >= self.hidden_size:
+            return
+        full = [e for e in stats if max(e["pos_rank"], e["neg_rank"]) >= bound]
+        if not full:
+            return
+        where = ", ".join(f"{e['layer']} ({e['pos_rank']}, {e['neg_rank']})" for e in full)
+        warnings.warn(
+            f"the kept ranks (k+, k-) at layer(s) {where} reach {bound}, every direction "
+            f"{self._demonstrations()} span; "
+            f"directions beyond it are arbitrary. To measure directions, {_TODO}",
+            stacklevel=3,
         )
 
     def _warn_clipped(self, clipped: Sequence[float]) -> None:
@@ -196,11 +323,20 @@ def fit_from_arrays(
         batch_size: stream the arrays in batches of this size (same result).
         svd: the :class:`~spectral_edit.core.options.SvdRoute` (the same editor either way).
         **fit_options: passed to :meth:`SpectralFitter.fit` (``pos_rank``, ``merge``, ...).
+
+    Raises:
+        FitError: no rows, misshapen or non-finite arrays (naming the set, the layers and
+            the first demonstration), bad layer ids, ratios, ranks or scales, and the
+            degenerate cases :meth:`SpectralFitter.fit` refuses.
+        ValueError: an invalid editor option (e.g. ``alpha`` not finite).
     """
     h = as_activations(neutral, "neutral")
-    layer_ids = list(range(h.shape[1])) if layers is None else list(layers)
+    if h.shape[0] == 0:
+        raise FitError("no demonstrations: the activation arrays have N = 0 rows")
+    layer_ids = list(range(h.shape[1])) if layers is None else [int(i) for i in layers]
     if len(layer_ids) != h.shape[1]:
-        raise ValueError(f"{len(layer_ids)} layer ids for arrays with {h.shape[1]} layers")
+        raise FitError(f"{len(layer_ids)} layer ids for arrays with {h.shape[1]} layers")
+    check_layer_ids(layer_ids)
     if not get_feature_map(feature).is_identity and feature_scales is None:
         feature_scales = default_feature_scales(h)
     fitter = SpectralFitter(

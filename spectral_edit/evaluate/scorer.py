@@ -23,11 +23,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..core.options import check_count
 from ..hf.heads import decoder_and_head, lm_head_logits
 from ..hf.positions import prompt_boundary
 from ..hf.tokens import (
     accepts_position_ids,
     cache_kwargs,
+    check_length,
     encode,
     encode_pair,
     input_device,
@@ -84,6 +86,7 @@ class _Runner:
         """``ids``/``mask`` ``(B, T)``; returns (features ``(B, T, 1 + K, d)``: the final
         hidden state then the readout's K extra hidden states, cache)."""
         batch, width = ids.shape
+        check_length(self.base, past_len + width)
         full_mask = torch.cat([torch.ones(batch, past_len, dtype=mask.dtype), mask], dim=1)
         kwargs = {
             "input_ids": ids.to(self.device),
@@ -174,6 +177,7 @@ def score_requests(
     Both give the same scores. ``readout``: how hidden states become log-probabilities
     (default: the LM head; :class:`~spectral_edit.evaluate.readout.DoLaReadout` for DoLa).
     """
+    check_count("batch_size", batch_size)
     run = _Runner(model, readout)
     if share_contexts is None:
         share_contexts = run.device.type == "cpu"

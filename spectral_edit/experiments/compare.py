@@ -16,12 +16,16 @@ Persistence is the protocol's, in the one store (:mod:`spectral_edit.experiments
 the shared activations (``out/activations.safetensors``), each method's prepared editor
 (``out/units/<method>/prepared.safetensors``) and every unit of work (one setting on one
 fold, one control run, one timing: ``out/units/<method>/<setting>--<unit>.json``), each
-under the key of what produced it; a rerun skips what is done. A method that fails is
-reported with its error (``error.json``), and the others go on.
+under the key of what produced it; a rerun skips what is done. The keys are by content
+(:func:`~.store.model_key` of the model's weights, the demonstrations, the questions, the
+control items and neutral texts read), never a local path; the run holds the folder
+(:meth:`~.store.Store.exclusive`), so a second run into it is refused. A method that
+fails is reported with its error (``error.json``), and the others go on.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +36,8 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..core.options import check_count, check_limit
+from ..data.control import load_control_task
 from ..data.truthfulqa import MCQuestion
 from ..demos.activations import DemoActivations
 from ..demos.format import Demonstration
@@ -39,6 +45,7 @@ from ..evaluate.control import evaluate_control
 from ..evaluate.harm import HarmReference, build_harm_reference, evaluate_harm, harm_prompts
 from ..evaluate.harm import neutral_texts as load_neutral_texts
 from ..evaluate.truthfulqa import evaluate_truthfulqa
+from ..util.identity import shareable_name
 from ..util.report import write_json
 from .compare_report import CompareReport
 from .compare_results import (
@@ -54,12 +61,19 @@ from .folds import DIRECTIONS, Direction, best_on_fold
 from .methods import METHODS, FitContext, Intervention, MethodSpec
 from .overhead import OverheadTiming, measure_overhead, tokens_processed
 from .settings import setting_fields, setting_id
-from .store import Store, options_key
+from .store import Store, content_key, model_key, options_key
 
 ACTIVATIONS = "activations"
 PREPARED = "prepared"
 HARM_SAMPLES = 3
 """Generations kept per harm unit (side by side in the report)."""
+
+
+def control_data_key(tasks: Sequence[str], data_dir: str | Path | None) -> str:
+    """What control-task units read, by content: every item of each task's file (file
+    order), so another data folder with other items recomputes and the same items in
+    another place do not."""
+    return options_key({task: content_key(load_control_task(task, data_dir)) for task in tasks})
 
 
 @dataclass
@@ -74,11 +88,16 @@ class _HarmBaseline:
     questions: Sequence[str] = ()
     built: HarmReference | None = None
 
+    @functools.cached_property
+    def texts(self) -> list[str]:
+        """The neutral texts of the KL (read once)."""
+        return load_neutral_texts(self.data_dir, limit=self.options.harm_texts)
+
     @property
     def key(self) -> dict[str, Any]:
-        """What the harm units depend on besides the setting."""
+        """What the harm units depend on besides the setting (the texts by content)."""
         return {k: getattr(self.options, k) for k in HARM_OPTIONS} | {
-            "data_dir": str(self.data_dir),
+            "texts": content_key(self.texts),
             "questions": list(self.questions),
         }
 
@@ -88,7 +107,7 @@ class _HarmBaseline:
             self.built = build_harm_reference(
                 self.ctx.model,
                 self.ctx.tokenizer,
-                texts=load_neutral_texts(self.data_dir, limit=o.harm_texts),
+                texts=self.texts,
                 prompts=harm_prompts(self.questions),
                 max_tokens=o.harm_max_tokens,
                 gen_tokens=o.harm_gen_tokens,
@@ -180,7 +199,7 @@ class MethodRun:
                 [{k: r[k] for k in ("mc1", "mc2", "mc3")} for r in result.per_question],
             ).to_json()
 
-        key = self._unit_key(setting, questions=[q.question for q in questions])
+        key = self._unit_key(setting, questions=content_key(questions))
         unit = Unit.from_json(self.store.run(f"{sid}--truthfulqa-fold{fold}", key, evaluate))
         self.units.setdefault(sid, {})[fold] = unit
         return unit
@@ -206,7 +225,8 @@ class MethodRun:
                 )
             return result.summary
 
-        key = self._unit_key(setting, data_dir=str(data_dir))
+        control = control_data_key(options.control_tasks, data_dir)
+        key = self._unit_key(setting, control=control)
         return self.store.run(f"{setting_id(setting)}--control", key, run_control)
 
     def harm(self, setting: Any, baseline: _HarmBaseline) -> HarmRun:
@@ -239,7 +259,7 @@ class MethodRun:
             )
             return timing.to_json()
 
-        key = self._unit_key(setting, questions=[q.question for q in questions])
+        key = self._unit_key(setting, questions=content_key(questions))
         name = f"{setting_id(setting)}--overhead"
         return OverheadTiming.from_json(self.store.run(name, key, measure))
 
@@ -292,12 +312,48 @@ def run_compare(
 
     ``folds``: the TruthfulQA questions of fold 1 and fold 2 (already cut to size).
     ``echo``: where the progress messages go. Returns the report.
+
+    Raises:
+        FolderInUse: another run holds ``out``.
+        OutputError: ``out`` cannot be written.
+        ValueError: a batch size or control limit below 1, or an empty fold (before
+            anything runs).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_count("batch_size", options.batch_size)
+    check_limit("control_limit", options.control_limit)
     if set(folds) != {1, 2} or not all(folds.values()):
         raise ValueError("the comparison needs questions in both fold 1 and fold 2")
-    demos_key = options_key({"demos": [asdict(d) for d in demos], "model": model_name})
+    with Store(Path(out)).exclusive("sea compare"):
+        return _run_compare(
+            model,
+            tokenizer,
+            demos,
+            folds,
+            options,
+            Path(out),
+            data_dir,
+            model_name,
+            registry,
+            echo,
+            progress,
+        )
+
+
+def _run_compare(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[Demonstration],
+    folds: Mapping[int, Sequence[MCQuestion]],
+    options: CompareOptions,
+    out: Path,
+    data_dir: str | Path | None,
+    model_name: str,
+    registry: Mapping[str, MethodSpec[Any]],
+    echo: Callable[[str], None],
+    progress: bool,
+) -> CompareReport:
+    """:func:`run_compare` in the folder ``out``, which this process holds."""
+    demos_key = options_key({"demos": content_key(demos), "model": model_key(model, model_name)})
     # a unit's result does not depend on which methods run or on the directions asked for
     chosen = {
         k: v
@@ -342,7 +398,9 @@ def run_compare(
         shared.keep(ctx)  # where another method captured them on its own
     sizes = {f: len(q) for f, q in folds.items()}
     tokens = {fold: tokens_processed(tokenizer, qs) for fold, qs in folds.items()}
-    report = CompareReport(model_name, options, sizes, tokens, methods, ctx.capture_seconds)
+    report = CompareReport(
+        shareable_name(model_name), options, sizes, tokens, methods, ctx.capture_seconds
+    )
     report.write(out, echo)
     return report
 

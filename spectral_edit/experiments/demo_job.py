@@ -6,7 +6,11 @@ Output folder: ``demos.jsonl``; ``fit.json`` with ``editor.safetensors``;
 ``eval_unedited.json`` / ``eval_edited.json`` with ``truthfulqa_unedited.jsonl`` /
 ``truthfulqa_edited.jsonl`` (per question); ``report.json`` and ``report.md``. A rerun
 with the same options reuses every stage; a changed fit option refits and re-scores the
-edited model only.
+edited model only. Every stage is keyed by content (:func:`~.store.model_key`: the
+model's weights, not its name or folder; the demonstrations; the questions read), so a
+model folder with new weights or another ``data_dir`` recomputes what they change. The
+run holds the folder (:meth:`~.store.Store.exclusive`): a second run into it is refused.
+No file written records a local path (the model appears by its shareable name).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..core.options import SeaOptions
+from ..core.options import SeaOptions, check_count, check_limit
 from ..data.errors import DataFileMissing
 from ..data.halueval import load_halueval_qa
 from ..data.locate import resolve
@@ -28,9 +32,11 @@ from ..demos.builders import PAPER_SEED, halueval_demos
 from ..demos.format import Demonstration, read_demos, write_demos
 from ..editors.sea import SpectralEditor
 from ..evaluate.truthfulqa import evaluate_truthfulqa
+from ..hf.layers import find_decoder_layers, parse_layers
+from ..util.identity import shareable_name
 from ..util.report import write_jsonl
 from .demo_report import DemoEvaluation, DemoReport
-from .store import Store, options_key
+from .store import Store, content_key, model_key
 
 SHIPPED_DEMOS = "truthful_demos.jsonl"
 
@@ -62,8 +68,9 @@ def load_truthfulness_demos(
 
     Where HaluEval is not available: with ``fallback``, the shipped hand-written file
     (``echo`` says so); without, the :class:`DataFileMissing` error (also for a missing
-    multi-turn file when it is needed).
+    multi-turn file when it is needed). ``n_demos`` must be ``>= 1`` (``ValueError``).
     """
+    check_count("n_demos", n_demos)
     try:
         one = load_halueval_qa(resolve("halueval/qa_one-turn_data.json", data_dir))
     except DataFileMissing as error:
@@ -111,12 +118,53 @@ def truthfulness_demo(
     ``options``: the SEA fit. Stages (each resumable): demonstrations, editor fit,
     unedited and edited evaluation. ``echo`` gets the progress messages; the returned
     report has the tables to show (:meth:`DemoReport.tables`).
+
+    Raises:
+        FolderInUse: another run holds ``out_dir``.
+        OutputError: ``out_dir`` cannot be written.
+        ValueError: ``n_demos``/``batch_size`` below 1 or ``limit`` below 1 (``None`` = all),
+            checked before anything runs; a layer spec the model lacks, checked before
+            the fit.
     """
+    check_count("n_demos", n_demos)
+    check_limit("limit", limit)
+    check_count("batch_size", batch_size)
+    with Store(Path(out_dir), echo).exclusive("sea demo") as store:
+        return _truthfulness_demo(
+            store,
+            model_name,
+            options,
+            data_dir,
+            n_demos,
+            limit,
+            mc_file,
+            seed,
+            batch_size,
+            dtype,
+            device_map,
+            echo,
+        )
+
+
+def _truthfulness_demo(
+    store: Store,
+    model_name: str,
+    options: SeaOptions,
+    data_dir: str | Path | None,
+    n_demos: int,
+    limit: int | None,
+    mc_file: str,
+    seed: int,
+    batch_size: int,
+    dtype: str | None,
+    device_map: str | None,
+    echo: Echo,
+) -> DemoReport:
+    """:func:`truthfulness_demo`'s stages, in the folder ``store`` holds."""
     from ..hf.models import load_model
     from .pipeline import fit_editor
 
-    out = Path(out_dir)
-    store = Store(out, echo)
+    out = Path(store.folder)
     demos, demo_source = load_truthfulness_demos(n_demos, data_dir, seed, echo)
     demos_path = write_demos(out / "demos.jsonl", demos)
     echo(f"demonstrations: {demo_source} → {demos_path}")
@@ -125,9 +173,10 @@ def truthfulness_demo(
     model, tokenizer = load_model(model_name, dtype=dtype, device_map=device_map)
     load_seconds = time.perf_counter() - started
     echo(f"model {model_name} loaded in {load_seconds:.1f} s")
+    parse_layers(options.layers, len(find_decoder_layers(model, options.layer_path)))
 
-    demos_key = options_key({"d": [dataclasses.asdict(d) for d in demos]})
-    fit_options = {"model": model_name, "demos": demos_key, **options.to_json()}
+    model_id = model_key(model, model_name)
+    fit_options = {"model": model_id, "demos": content_key(demos), **options.to_json()}
     editor_file = "editor.safetensors"
 
     def fit() -> tuple[Callable[[Path], object], dict[str, Any]]:
@@ -141,7 +190,7 @@ def truthfulness_demo(
             progress=True,
             metadata={"demonstrations": demo_source},
         )
-        record = {"seconds": time.perf_counter() - t0, "path": str(store.path(editor_file))}
+        record = {"seconds": time.perf_counter() - t0, "path": editor_file}  # in the folder
         return fitted.save, record
 
     def load(path: Path) -> SpectralEditor:
@@ -150,7 +199,7 @@ def truthfulness_demo(
     editor, fit_record = store.artifact("fit", fit_options, editor_file, load, fit)
     label = f"SEA ({options.layers}, r+={options.pos_ratio}, r-={options.neg_ratio})"
     report = DemoReport(
-        model_name,
+        shareable_name(model_name),
         demo_source,
         len(demos),
         fit_options,
@@ -175,7 +224,12 @@ def truthfulness_demo(
         write_jsonl(out / f"truthfulqa_{label}.jsonl", result.per_question)
         return result.summary
 
-    eval_options = {"model": model_name, "mc_file": mc_file, "limit": limit}
+    eval_options = {
+        "model": model_id,
+        "mc_file": mc_file,
+        "limit": limit,
+        "questions": content_key(questions),
+    }
     unedited = store.run("eval_unedited", eval_options, lambda: evaluate(False))
     edited_key = {**eval_options, **fit_options}
     edited = store.run("eval_edited", edited_key, lambda: evaluate(True))

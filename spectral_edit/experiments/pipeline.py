@@ -2,33 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
+from ..core.features import get_feature_map
 from ..core.options import SeaOptions
+from ..core.statistics import check_feature_scales, check_ranks
 from ..demos.activations import DemoActivations, capture_demos
 from ..demos.format import Demonstration
+from ..editors.file_format import model_identity
 from ..editors.sea import SpectralEditor
 from ..editors.sea_fit import fit_from_arrays
-from ..hf.layers import find_decoder_layers, parse_layers
+from ..hf.layers import find_decoder_layers, hidden_size_of, parse_layers
+from ..util.identity import path_identity
 
 DEFAULT_OPTIONS = SeaOptions()
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
-    """Model name and revision for an editor's metadata (best effort, never raises)."""
-    from ..hf.models import model_name_of, resolve_revision
+    """The model's shareable identity for an editor's metadata: name, revision and
+    architecture, never a local path (:func:`~spectral_edit.editors.file_format.
+    model_identity`; best effort, never raises)."""
+    return model_identity(model)
 
-    if isinstance(model, PreTrainedModel):
-        try:
-            return {"model": model_name_of(model), "model_revision": resolve_revision(model)}
-        except Exception:  # noqa: BLE001 - metadata is descriptive only
-            pass
-    return {"model": type(model).__name__, "model_revision": None}
+
+def demos_file_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A demonstrations file as an editor's metadata records it: its name and sha256
+    (``demonstrations_file``, ``demonstrations_sha256``), never its local path."""
+    identity = path_identity(path)
+    return {"demonstrations_file": identity["name"], "demonstrations_sha256": identity["sha256"]}
 
 
 def fit_from_activations(
@@ -54,6 +61,15 @@ def fit_from_activations(
     )
 
 
+def check_fit_options(options: SeaOptions, layers: Sequence[int], hidden_size: int) -> None:
+    """Refuse, before any capture, what the fit would refuse after it: fixed ranks beyond
+    the hidden size and Φ-SEA scales of the wrong count for ``layers``
+    (:class:`~spectral_edit.core.statistics.FitError`)."""
+    check_ranks(hidden_size, pos_rank=options.pos_rank, neg_rank=options.neg_rank)
+    if options.feature_scales is not None and not get_feature_map(options.feature).is_identity:
+        check_feature_scales(str(options.feature), options.feature_scales, layers)
+
+
 def fit_editor(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -68,9 +84,17 @@ def fit_editor(
 
     ``metadata`` is added to the editor's (after the model's name and revision, the
     neutral and token options and the capture time).
+
+    Raises:
+        ValueError: a layer spec out of range for the model (from
+            :func:`~spectral_edit.hf.layers.parse_layers`), or a
+            :class:`~spectral_edit.core.statistics.FitError` (bad ranks or scales, found
+            before the capture; degenerate or non-finite activations, after it).
+        LayerNotFoundError: the decoder layers cannot be found (pass ``layer_path``).
     """
     num_layers = len(find_decoder_layers(model, options.layer_path))
     chosen = parse_layers(options.layers, num_layers)
+    check_fit_options(options, chosen, hidden_size_of(model))
     started = time.perf_counter()
     activations = capture_demos(
         model,

@@ -16,16 +16,26 @@ Kinds of entries, all in ``folder``:
 Every file is written atomically (:mod:`spectral_edit.util.atomic`): a reader sees the old
 file or the new one, never half of one; a record whose JSON does not parse or whose key
 differs counts as missing. Tensors computed with ``shared=True`` are computed under a file
-lock, so that of several processes one computes and the others wait and load.
+lock, so that of several processes one computes and the others wait and load. A job that
+owns the whole folder holds :meth:`Store.exclusive` (:func:`~spectral_edit.util.locks.folder_lock`)
+for its run: a second run into the same folder is refused, naming the holder's pid.
+
+Keys are by content, not by name or place: a stage's options hold :func:`model_key` (the
+model's shareable name, a fingerprint of its weights and the library version) and
+:func:`content_key` of the data it read (demonstrations, questions, texts), never a local
+path, so that replacing a model folder's weights or pointing at another data folder
+recomputes, and a record can be shared without revealing where anything lay.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +44,9 @@ from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..util.atomic import atomic_path, atomic_write_text
+from ..util.atomic import atomic_path, atomic_write_text, ensure_folder
+from ..util.identity import shareable_name
+from ..util.locks import folder_lock
 
 T = TypeVar("T")
 Tensors = dict[str, torch.Tensor]
@@ -47,8 +59,62 @@ def options_key(options: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _library_version() -> str:
+    try:
+        return metadata.version("spectral-edit")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown"
+
+
+LIBRARY_VERSION = _library_version()
+"""Part of every :func:`model_key`: results of another version of the library recompute."""
+
+_SAMPLE = 4096
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A hex sha256 of a model's weights, cheap at any size: every state-dict entry's
+    name, shape and dtype, and up to 4096 evenly spaced elements of each (all of a small
+    tensor). Another checkpoint, a fine-tune or a re-initialisation moves every sampled
+    element, so it changes the fingerprint; where the weights live (a folder, the Hub
+    cache, a GGUF) does not. Costs a few milliseconds per hundred tensors."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
+            if tensor.device.type == "meta" or tensor.numel() == 0:
+                continue  # offloaded: its shape is all there is to see
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // _SAMPLE)][:_SAMPLE]
+            digest.update(sample.to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_key(model: torch.nn.Module, name: str) -> dict[str, str]:
+    """What every stage computed with ``model`` depends on: its shareable name
+    (:func:`~spectral_edit.util.identity.shareable_name`: a local folder by its final
+    name only), :func:`weights_fingerprint` and :data:`LIBRARY_VERSION`. JSON-ready."""
+    return {
+        "name": shareable_name(name) if name else "",
+        "weights": weights_fingerprint(model),
+        "library": LIBRARY_VERSION,
+    }
+
+
+def content_key(items: Iterable[Any]) -> str:
+    """:func:`options_key` of the data a stage read (dataclasses by their fields): the
+    same items in the same order give the same key, whichever file they came from."""
+    return options_key({"items": [_plain(x) for x in items]})
+
+
+def _plain(item: Any) -> Any:
+    """A dataclass instance as its fields, anything else as it is."""
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.asdict(item)
+    return item
+
+
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -133,7 +199,6 @@ class Store:
     ) -> None:
         """Store ``tensors`` (made contiguous) with the options' key and ``metadata``."""
         path = self.path(f"{name}.safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {**dict(metadata or {}), "key": options_key(options)}
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), header)
@@ -180,7 +245,7 @@ class Store:
         """``save(path)`` the file ``filename`` (the writer should be atomic), then the
         record ``name`` with ``result``: a record always describes a complete file."""
         path = self.path(filename)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent)
         save(path)
         self.put(name, options, result)
 
@@ -207,8 +272,16 @@ class Store:
 
     def lock(self, name: str) -> FileLock:
         """The file lock ``<name>.lock`` (the folder is created)."""
-        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.folder)
         return FileLock(str(self.path(f"{name}.lock")))
+
+    @contextlib.contextmanager
+    def exclusive(self, command: str) -> Iterator[Store]:
+        """Hold the folder for one run of ``command`` (the folder is created): a second
+        run meanwhile gets :class:`~spectral_edit.util.locks.FolderInUse` naming this
+        process; a run killed while holding it leaves no lock behind. Yields the store."""
+        with folder_lock(ensure_folder(self.folder), command):
+            yield self
 
     def append(self, name: str, row: Mapping[str, Any]) -> None:
         """Append ``row`` as one JSON line to ``<name>.jsonl``, under the lock."""

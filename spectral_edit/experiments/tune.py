@@ -34,22 +34,23 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..core.options import Feature
+from ..core.options import Feature, check_count
 from ..data.control import load_control_task
 from ..demos.format import Demonstration
 from ..evaluate.control import evaluate_control
 from ..evaluate.harm import neutral_texts
 from ..evaluate.kl import build_kl_reference, measure_kl
+from ..util.identity import shareable_name
 from ..util.report import write_json
 from .calibrate import Budget, Calibration, Probe, ProbeRecord, calibrate
-from .compare import MethodRun, SharedActivations
+from .compare import MethodRun, SharedActivations, control_data_key
 from .compare_results import MethodFailure
 from .methods import LAYER_AXIS, METHODS, FitContext, Intervention, MethodSpec
 from .settings import (
@@ -62,7 +63,7 @@ from .settings import (
     setting_fields,
     setting_id,
 )
-from .store import Store, options_key
+from .store import Store, content_key, model_key, options_key
 from .tune_report import TuneReport
 from .tune_results import (
     CONTROL_HARM,
@@ -231,6 +232,8 @@ class _Tuner:
     progress: bool
     references: dict[Part, Any] = field(default_factory=dict)
     baseline: Baseline | None = None
+    control_key: str = ""
+    """:func:`~.compare.control_data_key` of the control tasks (set by :func:`run_tune`)."""
 
     def reference(self, part: Part) -> Any:
         """The unedited KL reference of the part's texts (built once; call it outside
@@ -249,13 +252,12 @@ class _Tuner:
                 "tasks": list(o.control_tasks),
                 "limit": o.control_limit,
                 "offset": 0 if part == "tune" else o.control_limit,
-                "data_dir": str(self.data_dir),
+                "items": self.control_key,
             },
             "batch_size": o.batch_size,
         }
         if kl:
-            texts_key = options_key({"texts": list(self.texts[part])})
-            key["kl"] = {**self.meter.key, "texts": texts_key}
+            key["kl"] = {**self.meter.key, "texts": content_key(self.texts[part])}
         return key
 
     def _score(self, intervention: Intervention, part: Part, label: str) -> dict[str, Any]:
@@ -425,8 +427,49 @@ def run_tune(
         ValueError: an unknown method or one without configurations, fewer evaluations
             than a method's configurations, too few texts or control items (``2n`` per
             task), or an empty target part.
+        FolderInUse: another run holds ``out``.
+        OutputError: ``out`` cannot be written.
     """
-    out = Path(out)
+    check_count("batch_size", options.batch_size)  # before anything runs
+    check_count("kl_max_tokens", options.kl_max_tokens)
+    with Store(Path(out), echo).exclusive("sea tune"):
+        return _run_tune(
+            model,
+            tokenizer,
+            demos,
+            target,
+            options,
+            Path(out),
+            texts,
+            data_dir,
+            model_name,
+            demos_source,
+            registry,
+            configs,
+            kl,
+            echo,
+            progress,
+        )
+
+
+def _run_tune(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[Demonstration],
+    target: Target,
+    options: TuneOptions,
+    out: Path,
+    texts: Sequence[str],
+    data_dir: str | Path | None,
+    model_name: str,
+    demos_source: str,
+    registry: Mapping[str, MethodSpec[Any]],
+    configs: Mapping[str, Sequence[Any]],
+    kl: KLMeter | None,
+    echo: Callable[[str], None],
+    progress: bool,
+) -> TuneReport:
+    """:func:`run_tune` in the folder ``out``, which this process holds."""
     m = options.kl_texts
     if len(texts) < 2 * m:
         raise ValueError(f"{2 * m} neutral texts needed (kl_texts={m}), got {len(texts)}")
@@ -462,15 +505,16 @@ def run_tune(
         data_dir,
         echo,
         progress,
+        control_key=control_data_key(options.control_tasks, data_dir),
     )
-    model_key = {"model": model_name}
-    baseline = tuner.load_baseline(Store(out / "baseline", echo), model_key)
-    demos_key = options_key({"demos": [asdict(d) for d in demos], "model": model_name})
+    model_id = {"model": model_key(model, model_name)}
+    baseline = tuner.load_baseline(Store(out / "baseline", echo), model_id)
+    demos_key = options_key({"demos": content_key(demos), **model_id})
     capture_batch = min(options.batch_size, 8)
     shared = SharedActivations(
         Store(out),
         {
-            "model": model_name,
+            **model_id,
             "demos": demos_key,
             "neutral": options.neutral,
             "batch_size": capture_batch,
@@ -494,7 +538,7 @@ def run_tune(
         echo(f"── {name}: {spec.description}")
         units = Store(out / "units" / name, echo)
         method_key = {
-            **model_key,
+            **model_id,
             "demos": demos_key,
             "neutral": options.neutral,
             "batch_size": options.batch_size,
@@ -519,7 +563,7 @@ def run_tune(
             results[name] = MethodFailure(message)
         shared.keep(ctx)
     report = TuneReport(
-        model_name,
+        shareable_name(model_name),
         options,
         budget,
         target.name,

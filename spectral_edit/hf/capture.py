@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..core.options import Site, Token
+from ..core.options import Site, Token, check_count
 from ..util.progress import progress_bar
 from .hooks import HookSite, hooked
 from .layers import site_modules
-from .tokens import encode_pair, model_inputs, pad_batch, pad_id_of
+from .tokens import check_length, encode_pair, model_inputs, pad_batch, pad_id_of
 
 CaptureOn = Literal["input", "output"]
 """Where :func:`capture_modules` reads a module: its first input or its output."""
@@ -157,6 +157,8 @@ def _capture(
 
     encoded = [encode_pair(tokenizer, c, a) for c, a in zip(contexts, continuations, strict=True)]
     sequences = [ctx + cont for ctx, cont in encoded]
+    check_count("batch_size", batch_size)
+    check_length(model, max(map(len, sequences), default=0))  # before any forward pass
     mean = token == Token.MEAN
     spans = [
         (len(ctx), len(ctx) + len(cont)) if mean and cont else (len(ctx + cont) - 1,) * 2

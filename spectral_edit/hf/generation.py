@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedTokenizerBase
 
+from ..core.options import check_count
 from ..util.progress import progress_bar
 from .positions import prompt_boundary
-from .tokens import encode, model_inputs, pad_batch, pad_id_of
+from .tokens import check_length, encode, model_inputs, pad_batch, pad_id_of
 
 ANSWER_STOPS = ("\n\n", "\nQ:")
 """Default stop strings: a blank line or the next question ends an answer."""
@@ -42,8 +43,11 @@ def generate_greedy(
     Each prompt is the prompt boundary of a position-restricted edit
     (:func:`~spectral_edit.hf.positions.prompt_boundary`).
     """
+    check_count("batch_size", batch_size)
+    check_count("max_new_tokens", max_new_tokens)
     pad = pad_id_of(tokenizer)
     encoded = [encode(tokenizer, p) for p in prompts]
+    check_length(model, max(map(len, encoded), default=0), max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(prompts)
     bar = progress_bar(len(prompts), progress, "generate", "seq")

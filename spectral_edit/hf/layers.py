@@ -54,6 +54,20 @@ def hidden_size_of(model: nn.Module) -> int:
     raise LayerNotFoundError(f"cannot read the hidden size from {type(config).__name__}")
 
 
+def _module_lists(model: nn.Module) -> str:
+    """The model's non-empty ``ModuleList`` paths with their lengths, for error messages
+    (``"'model.layers' (3), ..."``, or ``"none"``)."""
+    found = [
+        f"{name!r} ({len(module)})"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and name
+    ]
+    return ", ".join(found[:8]) + (" ..." if len(found) > 8 else "") if found else "none"
+
+
+_OVERRIDE = "pass the decoder layers' module path as layer_path (on the command line: --layer-path)"
+
+
 def find_decoder_layers(model: nn.Module, path: str | None = None) -> nn.ModuleList:
     """Return the ``nn.ModuleList`` of decoder blocks.
 
@@ -63,17 +77,24 @@ def find_decoder_layers(model: nn.Module, path: str | None = None) -> nn.ModuleL
 
     The search takes the shallowest ``ModuleList`` whose length equals the config's layer
     count and whose entries share one class; without a config, the longest such list.
+
+    Raises:
+        LayerNotFoundError: ``path`` is not a non-empty ``ModuleList`` of ``model``, or no
+            list qualifies; the message lists the model's ``ModuleList`` paths and says to
+            pass ``layer_path`` (``--layer-path`` on the command line).
     """
     if path is not None:
         try:
             module = model.get_submodule(path)
         except AttributeError as error:
             raise LayerNotFoundError(
-                f"layer path {path!r} does not exist in {type(model).__name__}"
+                f"layer path {path!r} does not exist in {type(model).__name__}; its "
+                f"ModuleLists: {_module_lists(model)}"
             ) from error
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             raise LayerNotFoundError(
-                f"layer path {path!r} is a {type(module).__name__}, not a non-empty ModuleList"
+                f"layer path {path!r} is a {type(module).__name__}, not a non-empty "
+                f"ModuleList; the ModuleLists of {type(model).__name__}: {_module_lists(model)}"
             )
         return module
 
@@ -90,8 +111,9 @@ def find_decoder_layers(model: nn.Module, path: str | None = None) -> nn.ModuleL
     if not candidates:
         raise LayerNotFoundError(
             f"no decoder-layer ModuleList found in {type(model).__name__}"
-            + (f" with {expected} entries" if expected else "")
-            + "; pass the module path explicitly (e.g. layer_path='model.layers')"
+            + (f" with {expected} entries (the config's layer count)" if expected else "")
+            + f"; its ModuleLists: {_module_lists(model)}. {_OVERRIDE}, e.g. "
+            "layer_path='model.layers'"
         )
     if expected is None:
         candidates.sort(key=lambda c: (-len(c[2]), c[0]))
@@ -264,7 +286,10 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> lis
                     f"bad layer spec {spec!r}: expected last-L with integer L"
                 ) from error
             if not 1 <= count <= num_layers:
-                raise ValueError(f"bad layer spec {spec!r}: L must be in 1..{num_layers}")
+                raise ValueError(
+                    f"bad layer spec {spec!r}: L must be in 1..{num_layers} (the model has "
+                    f"{num_layers} layers)"
+                )
             return list(range(num_layers - count, num_layers))
         try:
             items = [int(part) for part in text.split(",") if part.strip()]
@@ -282,6 +307,10 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> lis
     for index in items:
         resolved = index + num_layers if index < 0 else index
         if not 0 <= resolved < num_layers:
-            raise ValueError(f"layer {index} out of range for a model with {num_layers} layers")
+            raise ValueError(
+                f"bad layer spec {spec!r}: layer {index} out of range for a model with "
+                f"{num_layers} layers (use 0..{num_layers - 1}, or -{num_layers}..-1 from "
+                "the end)"
+            )
         out.add(resolved)
     return sorted(out)

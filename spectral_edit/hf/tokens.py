@@ -15,6 +15,43 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""Config fields that hold a model's context length, in the order they are trusted."""
+
+
+class SequenceTooLong(ValueError):
+    """A sequence longer than the model's context: refused before the forward pass (a
+    1.3 MB prompt once asked for 772 GB). The message names the length, the limit and
+    what to do."""
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence ``model`` takes: its config's context field
+    (:data:`CONTEXT_FIELDS`, in a multimodal config's ``text_config`` too), or ``None``
+    where the config names none (then nothing is checked)."""
+    config = getattr(model, "config", None)
+    for source in (config, getattr(config, "text_config", None)):
+        for field in CONTEXT_FIELDS:
+            value = getattr(source, field, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def check_length(model: nn.Module, length: int, new_tokens: int = 0) -> None:
+    """Raise :class:`SequenceTooLong` when ``length`` tokens (plus ``new_tokens`` still to
+    generate) exceed :func:`context_length` of ``model``; a model without a known context
+    passes."""
+    limit = context_length(model)
+    if limit is None or length + new_tokens <= limit:
+        return
+    asked = f"{length} tokens" + (f" + {new_tokens} new tokens" if new_tokens else "")
+    raise SequenceTooLong(
+        f"a sequence of {asked} is longer than the model's context of {limit} tokens "
+        f"(config max_position_embeddings); shorten the text (prompt, demonstration or "
+        f"benchmark item)" + (" or generate fewer new tokens" if new_tokens else "")
+    )
+
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of ``text`` with the tokenizer's special tokens (e.g. BOS) added."""
@@ -91,7 +128,9 @@ def accepts_position_ids(model: nn.Module) -> bool:
 def model_inputs(
     model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Keyword arguments for a padded forward pass, on the model's input device."""
+    """Keyword arguments for a padded forward pass, on the model's input device; a batch
+    wider than the model's context is :class:`SequenceTooLong` (:func:`check_length`)."""
+    check_length(model, ids.shape[-1])
     device = input_device(model)
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if accepts_position_ids(model):

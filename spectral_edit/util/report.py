@@ -12,24 +12,17 @@ from typing import Any
 from .atomic import atomic_write_text
 
 
-def _parent(path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically (parent folders are created)."""
-    path = _parent(path)
-    atomic_write_text(Path(path), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Write ``data`` as indented JSON, atomically (parent folders are created; an
+    unwritable place is :class:`~spectral_edit.util.atomic.OutputError`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return Path(path)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write one JSON object per line, atomically (parent folders are created)."""
-    path = _parent(path)
+    """Write one JSON object per line, atomically (as :func:`write_json`)."""
     text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows)
-    atomic_write_text(Path(path), text)
+    atomic_write_text(path, text)
     return Path(path)
 
 

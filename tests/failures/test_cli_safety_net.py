@@ -52,3 +52,25 @@ def test_unknown_option_is_a_usage_error():
     result = run_cli(["fit", "--no-such-option"])
     assert result.exit_code == 2
     assert "No such option" in result.output and "Traceback" not in result.output
+
+
+def test_library_warnings_are_one_line(monkeypatch):
+    """A warning raised inside the library is shown as ``warning: message`` on the CLI
+    (no source path, no code line); the command still succeeds."""
+    import warnings
+
+    import spectral_edit.editors.registry as somewhere_in_the_library
+
+    group = typer.main.get_command(app_module.app)
+
+    def warns(*args, **kwargs):
+        warnings.warn_explicit(
+            "3 duplicate demonstrations", UserWarning, somewhere_in_the_library.__file__, 1
+        )
+
+    monkeypatch.setattr(group.commands["fit"], "callback", warns)
+    monkeypatch.setattr(typer.testing, "_get_command", lambda _app: group)
+    result = run_cli(FIT)
+    assert result.exit_code == 0, result.output
+    assert "warning: 3 duplicate demonstrations" in result.output
+    assert somewhere_in_the_library.__file__ not in result.output

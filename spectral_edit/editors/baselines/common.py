@@ -22,7 +22,7 @@ from torch import nn
 
 from ...core.options import Site
 from ...hf.hooks import HookHandle
-from ..base import SiteEditor, check_alpha
+from ..base import SiteEditor
 from ..file_format import EDITOR_FIELDS, EditorFormat, TensorField
 
 
@@ -114,7 +114,7 @@ class LayerEditor(SiteEditor):
     def _check_common(self) -> None:
         """Check the layers, the site (parsed into a :class:`Site`) and the strength."""
         self._check_layers()
-        check_alpha(self.alpha)
+        self._check_alpha()
 
     @classmethod
     def fit(

@@ -72,6 +72,7 @@ class ITIEditor(EditorBase):
         object.__setattr__(self, "heads", tuple((int(lay), int(h)) for lay, h in self.heads))
         if not self.heads:
             raise ValueError("an ITI editor needs at least one head")
+        self._check_alpha()
         if len(set(self.heads)) != len(self.heads):
             raise ValueError(f"heads must be distinct, got {self.heads}")
         for layer, head in self.heads:

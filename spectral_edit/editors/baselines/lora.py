@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from ...demos.format import Demonstration
 from ...hf.hooks import HookHandle
 from ...hf.layers import find_decoder_layers, hidden_size_of, linear_dims
-from ..base import EditorBase, check_alpha
+from ..base import EditorBase
 from ..file_format import EDITOR_FIELDS, EditorFileError, EditorFormat, TensorField
 from .lora_train import lora_target_modules, train_lora_copy
 
@@ -89,7 +89,7 @@ class LoRAEditor(EditorBase):
                 raise ValueError(f"{name}: LoRA factors must be floating point")
             if not math.isfinite(scaling):
                 raise ValueError(f"{name}: scaling must be finite, got {scaling}")
-        check_alpha(self.alpha)
+        self._check_alpha()
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError("hidden_size and num_layers must be positive")
 
