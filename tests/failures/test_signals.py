@@ -1,4 +1,5 @@
-"""Output safety under signals (catalogue item 4): SIGKILL and SIGINT mid-save.
+"""Output safety under signals (catalogue item 4): SIGKILL and SIGINT mid-save, each
+signal during `sea fit`, `sea eval truthfulqa`, `sea demo` and `sea compare`.
 
 Each case runs ``sea`` as a real process on a tiny model folder, holds it just before a
 chosen file is committed (:data:`~spectral_edit.util.atomic.TEST_HOLD_ENV`), signals it,
@@ -74,6 +75,23 @@ def _no_temporaries(folder: Path) -> None:
     assert left == [], left
 
 
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+"""Every case under both signals: a kill the process cannot see, and Ctrl-C."""
+
+
+def _stop(process: Any, sig: signal.Signals, folder: Path) -> None:
+    """Send ``sig`` to the held ``process`` and check what that signal promises: after
+    SIGINT exit 130, the message, no traceback and no temporary left in ``folder``; after
+    SIGKILL the process died of it (its temporaries are the rerun's to sweep)."""
+    stopped = sea_process.stop(process, sig)
+    if sig == signal.SIGINT:
+        assert stopped.returncode == 130, stopped.output
+        assert "interrupted" in stopped.output and "Traceback" not in stopped.output
+        _no_temporaries(folder)
+    else:
+        assert stopped.returncode == -signal.SIGKILL, stopped.output
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Hand-written fixtures laid out as ``sea demo`` / ``sea compare`` expect."""
@@ -90,16 +108,19 @@ def demos_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_demos(tmp_path_factory.mktemp("signal-demos") / "demos.jsonl", DEMOS)
 
 
-def test_sigkill_during_sea_fit_save(tiny_model_dir: Path, demos_file: Path, tmp_path: Path):
+@SIGNALS
+def test_signal_during_sea_fit_save(
+    sig: signal.Signals, tiny_model_dir: Path, demos_file: Path, tmp_path: Path
+):
     out = tmp_path / "editor.safetensors"
     args = ["fit", "--model", tiny_model_dir, "--demos", demos_file, "--out", out]
     args += ["--layers", "last-2", "--neutral", "prompt"]
     process = sea_process.start(args, hold="editor.safetensors")
     sea_process.wait_for(process)
-    killed = sea_process.stop(process, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL
+    _stop(process, sig, tmp_path)
     assert not out.exists()  # no partial editor
-    assert len(temporaries(tmp_path)) == 1  # the complete temporary the kill left
+    if sig == signal.SIGKILL:
+        assert len(temporaries(tmp_path)) == 1  # the complete temporary the kill left
     assert_ok(run_cli(args))  # the rerun
     _no_temporaries(tmp_path)  # the dead writer's temporary is gone
     reference = tmp_path / "uninterrupted" / "editor.safetensors"
@@ -109,7 +130,10 @@ def test_sigkill_during_sea_fit_save(tiny_model_dir: Path, demos_file: Path, tmp
     assert all((rerun[k] == expected[k]).all() for k in rerun)
 
 
-def test_sigint_during_sea_eval_keeps_the_earlier_result(tiny_model_dir: Path, tmp_path: Path):
+@SIGNALS
+def test_signal_during_sea_eval_keeps_the_earlier_result(
+    sig: signal.Signals, tiny_model_dir: Path, tmp_path: Path
+):
     out = tmp_path / "tqa"
     args = ["eval", "truthfulqa", "--model", tiny_model_dir, "--mc-file", "mc_task.json"]
     args += ["--data-dir", FIXTURES, "--out", out]
@@ -117,12 +141,11 @@ def test_sigint_during_sea_eval_keeps_the_earlier_result(tiny_model_dir: Path, t
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     process = sea_process.start([*args, "--limit", "3"], hold="*.jsonl")
     sea_process.wait_for(process)
-    stopped = sea_process.stop(process, signal.SIGINT)
-    assert stopped.returncode == 130, stopped.output
-    assert "interrupted" in stopped.output and "Traceback" not in stopped.output
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # both files as they were
-    _no_temporaries(out)
+    _stop(process, sig, out)
+    kept = {p.name: p.read_bytes() for p in out.iterdir() if p not in temporaries(out)}
+    assert kept == before  # both files as they were
     assert_ok(run_cli([*args, "--limit", "3"]))
+    _no_temporaries(out)  # a killed writer's temporaries are swept by the rerun
     reference = tmp_path / "uninterrupted"
     assert_ok(run_cli([*args[:-1], reference, "--limit", "3"]))
     assert _json_files(out) == _json_files(reference)
@@ -153,13 +176,15 @@ def _demo_args(model_dir: Path, data_dir: Path, out: Path) -> list[Any]:
     ]
 
 
-def test_sigkill_during_sea_demo_then_resume(tiny_model_dir: Path, data_dir: Path, tmp_path):
+@SIGNALS
+def test_signal_during_sea_demo_then_resume(
+    sig: signal.Signals, tiny_model_dir: Path, data_dir: Path, tmp_path: Path
+):
     out = tmp_path / "demo"
     args = _demo_args(tiny_model_dir, data_dir, out)
     process = sea_process.start(args, hold="truthfulqa_edited.jsonl")
     sea_process.wait_for(process)
-    killed = sea_process.stop(process, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL
+    _stop(process, sig, out)
     assert not (out / "truthfulqa_edited.jsonl").exists()
     assert not (out / "report.json").exists()
     finished = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
@@ -200,22 +225,22 @@ def _compare_args(model_dir: Path, demos: Path, data_dir: Path, out: Path) -> li
     ]
 
 
-def test_sigint_during_sea_compare_then_resume(
-    tiny_model_dir: Path, demos_file: Path, data_dir: Path, tmp_path: Path
+@SIGNALS
+def test_signal_during_sea_compare_then_resume(
+    sig: signal.Signals, tiny_model_dir: Path, demos_file: Path, data_dir: Path, tmp_path: Path
 ):
     out = tmp_path / "cmp"
     args = _compare_args(tiny_model_dir, demos_file, data_dir, out)
     process = sea_process.start(args, hold="*--control.json")  # the first method's control
     sea_process.wait_for(process)
-    stopped = sea_process.stop(process, signal.SIGINT)
-    assert stopped.returncode == 130, stopped.output
+    _stop(process, sig, out)
     assert not (out / "report.json").exists()
-    _no_temporaries(out)
     done = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*fold*.json")}
     assert done  # the tuning units finished before the interrupt
     output = assert_ok(run_cli(args))
     assert "done earlier" in output
     assert {p: (out / p).stat().st_mtime_ns for p in done} == done  # reused, not redone
+    _no_temporaries(out)  # a killed writer's temporary is swept by the rerun
     reference = tmp_path / "uninterrupted"
     assert_ok(run_cli(_compare_args(tiny_model_dir, demos_file, data_dir, reference)))
     assert _json_files(out) == _json_files(reference)
