@@ -86,7 +86,12 @@ def test_scorer_matches_full_forward(real_model, shipped_editor, share_contexts,
 def test_sea_demo_command(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(
-        app, ["demo", "--n-demos", "8", "--limit", "4", "--layers", "last-4", "--out", str(out)]
+        app,
+        # 8 centred demonstrations span 7 directions: ratios below 1 keep fewer, so that the
+        # positive and negative subspaces differ (at 0.99 both keep all 7: an identity edit,
+        # which the fit refuses)
+        ["demo", "--n-demos", "8", "--limit", "4", "--layers", "last-4"]
+        + ["--pos-ratio", "0.9", "--neg-ratio", "0.9", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     assert (out / "editor.safetensors").is_file() and (out / "demos.jsonl").is_file()
