@@ -30,6 +30,8 @@ from . import (
     evaluate,
     fit,
     generate,
+    lm_eval,
+    push,
     tune,
 )
 from .common import err, fail
@@ -129,3 +131,5 @@ app.command()(fit.info)
 app.command()(compare.compare)
 app.command()(compare.demo)
 app.command()(tune.tune)
+app.command()(push.push)
+app.command("lm-eval", context_settings=lm_eval.CONTEXT_SETTINGS)(lm_eval.lm_eval)

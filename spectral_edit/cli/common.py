@@ -37,7 +37,11 @@ DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16, float16 o
 DeviceMapOpt = Annotated[
     str | None, typer.Option("--device-map", help="accelerate device map, e.g. auto.")
 ]
-EditorOpt = Annotated[Path | None, typer.Option("--editor", "-e", help="Editor .safetensors.")]
+EDITOR_HELP = (
+    "Editor .safetensors file, or one on the Hugging Face Hub: "
+    "hf://owner/repo/file.safetensors, or hf://owner/repo@revision/file.safetensors."
+)
+EditorOpt = Annotated[str | None, typer.Option("--editor", "-e", help=EDITOR_HELP)]
 ALL = "all"
 """The word a limit option takes for "every item" (as does leaving the option out, where
 its default is all)."""
@@ -172,22 +176,25 @@ def load(model: str, dtype: str | None, device_map: str | None) -> tuple[Any, An
         return load_model(model, dtype=dtype, device_map=device_map)
 
 
-def load_editor(path: Path, model: Any = None, alpha: float | None = None) -> Any:
-    """The editor in ``path`` (checked against ``model`` if given; strength ``alpha`` if
-    given); an unreadable or unfitting file is :func:`fail`; an editor fitted on another
-    model of the same shape is used, with the library's warning (shown as ``warning:`` by
-    the app)."""
+def load_editor(source: str | Path, model: Any = None, alpha: float | None = None) -> Any:
+    """The editor ``source`` names, a local file or an ``hf://`` Hub reference, resolved
+    here for every command (:func:`~spectral_edit.editors.registry.load_editor`), checked
+    against ``model`` if given, with strength ``alpha`` if given; an unreadable, unfitting
+    or unreachable editor is :func:`fail`; an editor fitted on another model of the same
+    shape is used, with the library's warning (shown as ``warning:`` by the app)."""
     from ..editors.file_format import EditorFileError
     from ..editors.registry import load_editor as read_editor
 
     with failing_on(EditorFileError):
-        editor = read_editor(path, model)
+        editor = read_editor(source, model)
     if alpha is None:
         return editor
     with failing_on(ValueError):  # a strength the editor itself refuses
         return editor.with_options(alpha=alpha)
 
 
-def edited(model: Any, editor: Path | None, alpha: float | None) -> AbstractContextManager[Any]:
-    """A context manager applying the editor file (or nothing) to the model."""
+def edited(
+    model: Any, editor: str | Path | None, alpha: float | None
+) -> AbstractContextManager[Any]:
+    """A context manager applying the editor (:func:`load_editor`; or nothing) to the model."""
     return nullcontext() if editor is None else load_editor(editor, model, alpha).apply(model)

@@ -138,8 +138,17 @@ def fit(
     )
 
 
-def info(editor: Annotated[Path, typer.Argument(help="Editor .safetensors file.")]) -> None:
-    """Show an editor's options, ranks and layer signature values."""
+def info(
+    editor: Annotated[
+        str,
+        typer.Argument(
+            help="Editor .safetensors file, or hf://owner/repo/file.safetensors "
+            "(hf://owner/repo@revision/file.safetensors) on the Hugging Face Hub."
+        ),
+    ],
+) -> None:
+    """Show an editor's options, ranks and layer signature values (a local file or one on
+    the Hugging Face Hub)."""
     from ..editors.sea import SpectralEditor
     from ..util.report import RANK_HEADERS, ranks_rows
 

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -35,6 +35,10 @@ from .file_format import (
     warn_if_other_model,
     write_editor_file,
 )
+from .hub import DEFAULT_FILENAME
+
+if TYPE_CHECKING:
+    from .hub import HubReference
 
 K = TypeVar("K", bound=Hashable)
 """The key of a module mapping (a layer index, a module name), passed back to hooks."""
@@ -177,6 +181,42 @@ class EditorBase:
         if model is not None:
             warn_if_other_model(path, editor.metadata, model)
         return editor
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        filename: str = DEFAULT_FILENAME,
+        revision: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        commit_message: str | None = None,
+        model_card: bool = True,
+    ) -> HubReference:
+        """Push the editor file (exactly what :meth:`save` writes) and a model card
+        generated from the editor (``README.md``; ``model_card=False`` leaves the
+        repository's alone) to the Hub repository ``repo_id`` in one commit, creating the
+        repository (``private`` as given) and the branch ``revision`` if missing.
+
+        Returns the ``hf://repo_id@<commit>/filename`` reference of the file pushed
+        (:func:`~spectral_edit.editors.registry.load_editor` reads it back).
+
+        Raises:
+            ~spectral_edit.editors.hub.HubPushError: an invalid repository id or file
+                name, or the Hub refused.
+        """
+        from .hub import push_editor
+
+        return push_editor(
+            self,  # type: ignore[arg-type]  # every EditorBase subclass is an Editor
+            repo_id,
+            filename=filename,
+            revision=revision,
+            private=private,
+            token=token,
+            commit_message=commit_message,
+            model_card=model_card,
+        )
 
 
 class SiteEditor(EditorBase):

@@ -5,7 +5,9 @@ The core install (torch, transformers, safetensors, numpy, tqdm) fits, edits and
 each other part names its extra in ``pyproject.toml``: ``cli`` (typer, rich), ``plots``
 (matplotlib), ``baselines`` (peft, concept-erasure), ``gguf`` (gguf and the embedded
 Gemma 3 270M package), ``accelerate`` (``device_map`` dispatch), ``gen`` (sacrebleu,
-rouge-score: TruthfulQA generation scoring); ``all`` is all of them.
+rouge-score: TruthfulQA generation scoring); ``all`` is all of them. ``lmeval``
+(lm-evaluation-harness, with datasets, pandas, scikit-learn, ...) is kept out of ``all``
+for its weight; the ``test`` extra has it.
 """
 
 from __future__ import annotations
