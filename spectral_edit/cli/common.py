@@ -98,6 +98,18 @@ LimitOpt = Annotated[
 ]
 BatchOpt = Annotated[int, count_option("Sequences per forward pass.", "--batch-size")]
 OutFolderOpt = Annotated[Path, typer.Option(help="Output folder.")]
+ChatTemplateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--chat-template",
+        help="Prompt through the tokenizer's chat template: the question as a user turn with "
+        "the generation prompt (no few-shot primer); the answer follows it.",
+    ),
+]
+SystemPromptOpt = Annotated[
+    str | None,
+    typer.Option("--system-prompt", help="A system turn before the user turn (--chat-template)."),
+]
 
 
 def choice_metavar(values: Iterable[str]) -> str:
@@ -149,6 +161,29 @@ def control_task_names(text: str, option: str = "--control-tasks") -> tuple[str,
     return names
 
 
+def check_prompt_options(chat_template: bool, system_prompt: str | None) -> None:
+    """Refuse ``--system-prompt`` without ``--chat-template`` (:func:`fail`), before any
+    model is loaded."""
+    if system_prompt is not None and not chat_template:
+        raise fail("--system-prompt needs --chat-template (a system turn is part of a chat)")
+
+
+def prompt_format(
+    tokenizer: Any, model: str, chat_template: bool, system_prompt: str | None
+) -> Any:
+    """The :class:`~spectral_edit.demos.prompts.PromptFormat` the two shared options ask
+    for: plain, or ``tokenizer``'s chat template with the system prompt; a tokenizer
+    without a chat template (or one refusing the system prompt) is :func:`fail` naming
+    ``--chat-template`` and ``model``."""
+    from ..demos.prompts import PLAIN, ChatTemplateError, chat_format
+
+    check_prompt_options(chat_template, system_prompt)
+    if not chat_template:
+        return PLAIN
+    with failing_on(ChatTemplateError):
+        return chat_format(tokenizer, system_prompt, model)
+
+
 def too_long() -> AbstractContextManager[None]:
     """:func:`failing_on` :class:`~spectral_edit.hf.tokens.SequenceTooLong`: a text longer
     than the model's context is exit code 2 with the length and the limit, not a
@@ -194,7 +229,17 @@ def load_editor(source: str | Path, model: Any = None, alpha: float | None = Non
 
 
 def edited(
-    model: Any, editor: str | Path | None, alpha: float | None
+    model: Any, editor: str | Path | None, alpha: float | None, prompts: Any = None
 ) -> AbstractContextManager[Any]:
-    """A context manager applying the editor (:func:`load_editor`; or nothing) to the model."""
-    return nullcontext() if editor is None else load_editor(editor, model, alpha).apply(model)
+    """A context manager applying the editor (:func:`load_editor`; or nothing) to the model;
+    with ``prompts`` (a :class:`~spectral_edit.demos.prompts.PromptFormat`), an editor
+    fitted in another prompt format is used with the library's warning
+    (:func:`~spectral_edit.editors.file_format.warn_if_other_prompt_format`)."""
+    if editor is None:
+        return nullcontext()
+    loaded = load_editor(editor, model, alpha)
+    if prompts is not None:
+        from ..editors.file_format import warn_if_other_prompt_format
+
+        warn_if_other_prompt_format(editor, loaded.metadata, prompts)
+    return loaded.apply(model)

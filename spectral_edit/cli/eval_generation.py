@@ -12,6 +12,7 @@ from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     AlphaOpt,
     BatchOpt,
+    ChatTemplateOpt,
     DataDirOpt,
     DeviceMapOpt,
     DtypeOpt,
@@ -19,12 +20,15 @@ from .common import (
     LimitOpt,
     ModelOpt,
     OutFolderOpt,
+    SystemPromptOpt,
+    check_prompt_options,
     console,
     count_option,
     data_errors,
     edited,
     failing_on,
     load,
+    prompt_format,
     too_long,
 )
 from .evaluate import app
@@ -44,6 +48,8 @@ def eval_truthfulqa_gen(
     out: OutFolderOpt = Path("runs/truthfulqa_gen"),
     batch_size: BatchOpt = 8,
     data_dir: DataDirOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
@@ -53,10 +59,12 @@ def eval_truthfulqa_gen(
     from ..evaluate.truthfulqa_gen import evaluate_truthfulqa_gen
     from ..util.extras import MissingExtraError
 
+    check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors()):
         rows = truthfulqa_rows(data_dir, fold=fold, limit=limit)
     lm, tokenizer = load(model, dtype, device_map)
-    with failing_on(MissingExtraError), too_long(), edited(lm, editor, alpha):
+    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
+    with failing_on(MissingExtraError), too_long(), edited(lm, editor, alpha, prompts):
         result = evaluate_truthfulqa_gen(
             lm,
             tokenizer,
@@ -64,6 +72,7 @@ def eval_truthfulqa_gen(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             progress=True,
+            prompt_format=prompts,
         )
     run = {"model": model, "editor": str(editor) if editor else None, "alpha": alpha}
     result.write(out, {**run, "fold": fold, "task": "truthfulqa_gen"})

@@ -10,18 +10,22 @@ from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     AlphaOpt,
     BatchOpt,
+    ChatTemplateOpt,
     DataDirOpt,
     DeviceMapOpt,
     DtypeOpt,
     EditorOpt,
     ModelOpt,
     OutFolderOpt,
+    SystemPromptOpt,
+    check_prompt_options,
     console,
     count_option,
     data_errors,
     failing_on,
     load,
     load_editor,
+    prompt_format,
     too_long,
 )
 from .evaluate import McFileOpt, app
@@ -47,11 +51,14 @@ def eval_harm(
     out: OutFolderOpt = Path("runs/harm"),
     batch_size: BatchOpt = 8,
     data_dir: DataDirOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Harm measures: KL(edited || unedited) on neutral text, repeated 4-grams, distinct-2
     and fluency perplexity of free generations, unedited beside edited."""
+    from ..editors.file_format import warn_if_other_prompt_format
     from ..evaluate.harm import (
         build_harm_reference,
         default_prompts,
@@ -59,11 +66,16 @@ def eval_harm(
         neutral_texts,
     )
 
+    check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors()):
         texts = neutral_texts(data_dir, limit)
-        prompts = default_prompts(data_dir, limit, mc_file=mc_file)
     lm, tokenizer = load(model, dtype, device_map)
+    fmt = prompt_format(tokenizer, model, chat_template, system_prompt)
+    with failing_on(*data_errors()):
+        prompts = default_prompts(data_dir, limit, mc_file=mc_file, prompt_format=fmt)
     sea = None if editor is None else load_editor(editor, lm, alpha)
+    if sea is not None:
+        warn_if_other_prompt_format(editor, sea.metadata, fmt)
     with failing_on(ValueError), too_long():
         reference = build_harm_reference(
             lm,

@@ -13,6 +13,7 @@ from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     AlphaOpt,
     BatchOpt,
+    ChatTemplateOpt,
     DataDirOpt,
     DeviceMapOpt,
     DtypeOpt,
@@ -20,6 +21,8 @@ from .common import (
     LimitOpt,
     ModelOpt,
     OutFolderOpt,
+    SystemPromptOpt,
+    check_prompt_options,
     console,
     control_task_names,
     count_option,
@@ -27,6 +30,7 @@ from .common import (
     edited,
     failing_on,
     load,
+    prompt_format,
     too_long,
 )
 from .tables import print_table
@@ -47,6 +51,8 @@ def eval_truthfulqa(
     out: OutFolderOpt = Path("runs/truthfulqa"),
     batch_size: BatchOpt = 16,
     data_dir: DataDirOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
@@ -54,11 +60,15 @@ def eval_truthfulqa(
     from ..data.splits import truthfulqa_questions
     from ..evaluate.truthfulqa import evaluate_truthfulqa
 
+    check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors()):
         questions = truthfulqa_questions(mc_file, data_dir, fold=fold, limit=limit)
     lm, tokenizer = load(model, dtype, device_map)
-    with too_long(), edited(lm, editor, alpha):
-        result = evaluate_truthfulqa(lm, tokenizer, questions, batch_size=batch_size, progress=True)
+    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
+    with too_long(), edited(lm, editor, alpha, prompts):
+        result = evaluate_truthfulqa(
+            lm, tokenizer, questions, batch_size=batch_size, progress=True, prompt_format=prompts
+        )
     run = {"model": model, "editor": str(editor) if editor else None, "alpha": alpha}
     result.write(out, {**run, "mc_file": mc_file, "fold": fold})
     s = result.summary
@@ -86,6 +96,8 @@ def eval_bbq(
     out: OutFolderOpt = Path("runs/bbq"),
     batch_size: BatchOpt = 16,
     data_dir: DataDirOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
@@ -93,12 +105,16 @@ def eval_bbq(
     from ..data.splits import bbq_split
     from ..evaluate.bbq import evaluate_bbq
 
+    check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors()):
         _, items = bbq_split(held_out_from, seed, data_dir)
     items = items if limit is None else items[:limit]
     lm, tokenizer = load(model, dtype, device_map)
-    with too_long(), edited(lm, editor, alpha):
-        result = evaluate_bbq(lm, tokenizer, items, batch_size=batch_size, progress=True)
+    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
+    with too_long(), edited(lm, editor, alpha, prompts):
+        result = evaluate_bbq(
+            lm, tokenizer, items, batch_size=batch_size, progress=True, prompt_format=prompts
+        )
     result.write(out)
     _print_bbq(result.summary)
     console.print(f"results in {out}/")
@@ -156,15 +172,20 @@ def eval_control(
     out: OutFolderOpt = Path("runs/control"),
     batch_size: BatchOpt = 16,
     data_dir: DataDirOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
-    """Control tasks (log-likelihood multiple choice; gsm8k by greedy generation)."""
+    """Control tasks (log-likelihood multiple choice; gsm8k by greedy generation, skipped
+    under --chat-template)."""
     from ..evaluate.control import evaluate_control
 
     names = control_task_names(tasks, "--tasks")
+    check_prompt_options(chat_template, system_prompt)
     lm, tokenizer = load(model, dtype, device_map)
-    with failing_on(*data_errors()), too_long(), edited(lm, editor, alpha):
+    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
+    with failing_on(*data_errors()), too_long(), edited(lm, editor, alpha, prompts):
         result = evaluate_control(
             lm,
             tokenizer,
@@ -173,6 +194,7 @@ def eval_control(
             limit=limit,
             batch_size=batch_size,
             progress=True,
+            prompt_format=prompts,
         )
     result.write(out)
     rows = [

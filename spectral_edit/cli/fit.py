@@ -12,14 +12,18 @@ from ..core.options import Feature, Merge, Neutral, Positions, Site, Token
 from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     BatchOpt,
+    ChatTemplateOpt,
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    SystemPromptOpt,
+    check_prompt_options,
     choice_metavar,
     fail,
     failing_on,
     load,
     load_editor,
+    prompt_format,
     sea_options,
 )
 from .tables import print_fields, print_table
@@ -91,10 +95,13 @@ def fit(
         typer.Option(help="Module path of the decoder layers, if not found automatically."),
     ] = None,
     batch_size: BatchOpt = 8,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
-    """Fit a SEA editor on a demonstrations file."""
+    """Fit a SEA editor on a demonstrations file (with --chat-template: prompts not yet in
+    the template become its user turn; the editor records the template)."""
     from ..demos.format import DemoFormatError, read_demos
     from ..experiments.pipeline import demos_file_metadata, fit_editor
     from ..util.atomic import check_writable
@@ -120,8 +127,10 @@ def fit(
         center_edit=center_edit,
         positions=positions,
     )
+    check_prompt_options(chat_template, system_prompt)
     check_writable(out)  # refuse an unwritable --out before the fit, not after
     lm, tokenizer = load(model, dtype, device_map)
+    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(ValueError, LookupError):
         editor = fit_editor(
             lm,
@@ -131,6 +140,7 @@ def fit(
             batch_size=batch_size,
             progress=True,
             metadata=demos_file_metadata(demos),
+            prompt_format=prompts,
         )
     editor.save(out)
     print_table(

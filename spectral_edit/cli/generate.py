@@ -12,14 +12,18 @@ from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     AlphaOpt,
     BatchOpt,
+    ChatTemplateOpt,
     DeviceMapOpt,
     DtypeOpt,
     EditorOpt,
     ModelOpt,
+    SystemPromptOpt,
+    check_prompt_options,
     console,
     count_option,
     load,
     load_editor,
+    prompt_format,
     too_long,
 )
 
@@ -44,14 +48,21 @@ def generate(
         list[str] | None, typer.Option(help="Stop strings (default: blank line, next Q:).")
     ] = None,
     batch_size: BatchOpt = 8,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
 ) -> None:
-    """Greedy continuations, unedited and (with --editor) edited, side by side."""
+    """Greedy continuations, unedited and (with --editor) edited, side by side; with
+    --chat-template each prompt is a user turn and the reply is generated."""
+    from ..editors.file_format import warn_if_other_prompt_format
     from ..hf.generation import ANSWER_STOPS, generate_greedy
 
+    check_prompt_options(chat_template, system_prompt)
     lm, tokenizer = load(model, dtype, device_map)
-    prompts = [decode_shell_escapes(p) for p in prompts]
+    fmt = prompt_format(tokenizer, model, chat_template, system_prompt)
+    shown = [decode_shell_escapes(p) for p in prompts]
+    prompts = [fmt.prompt(p, p) for p in shown]
     stops = tuple(stop) if stop else ANSWER_STOPS
 
     def run() -> list[str]:
@@ -71,9 +82,10 @@ def generate(
     table.add_column("unedited")
     if editor is not None:
         sea = load_editor(editor, lm, alpha)
+        warn_if_other_prompt_format(editor, sea.metadata, fmt)
         with sea.apply(lm):
             columns.append(run())
         table.add_column(f"edited (α={sea.alpha:g})")
-    for prompt, *texts in zip(prompts, *columns, strict=True):
+    for prompt, *texts in zip(shown, *columns, strict=True):
         table.add_row(prompt[-200:], *texts)
     console.print(table)

@@ -4,10 +4,15 @@ negative answer appended to its prompt, read at chosen layers.
 Neutral answers (:class:`~spectral_edit.core.options.Neutral`): ``generate``, the model's
 own greedy answer (the paper); ``prompt``, the prompt's last token (empty answer);
 ``given``, the file's ``neutral`` field (required on every demonstration).
+
+Under a chat template (``prompt_format``) every prompt is first adopted into the template
+(:meth:`~.prompts.PromptFormat.adopt`: kept if already rendered, else the user turn) and
+the answers follow the generation prompt without a space (:meth:`~.prompts.PromptFormat.answer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +24,7 @@ from ..core.options import Neutral, Site, Token
 from ..hf.capture import capture
 from ..hf.generation import generate_greedy
 from .format import Demonstration
-from .prompts import answer_text
+from .prompts import PLAIN, PromptFormat
 
 
 def neutral_answers(
@@ -31,9 +36,11 @@ def neutral_answers(
     batch_size: int = 8,
     max_new_tokens: int = 64,
     progress: bool = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> list[str]:
-    """The neutral continuation of each demonstration (``""`` = the prompt's last token);
-    a ``neutral`` field, where present, wins over generation.
+    """The neutral continuation of each demonstration (``""`` = the prompt's last token),
+    in ``prompt_format`` (the prompts as given: adopt them first); a ``neutral`` field,
+    where present, wins over generation.
 
     Raises:
         ValueError: an unknown ``neutral``, or ``"given"`` with a demonstration that has
@@ -47,7 +54,7 @@ def neutral_answers(
         if missing:
             raise ValueError(f"neutral='given' but demonstrations {missing[:10]} have no neutral")
         given = [d.neutral or "" for d in demos]
-        return [answer_text(a) if a.strip() else "" for a in given]
+        return [prompt_format.answer(a) if a.strip() else "" for a in given]
     todo = [i for i, d in enumerate(demos) if d.neutral is None]
     generated = generate_greedy(
         model,
@@ -60,7 +67,7 @@ def neutral_answers(
     answers = [d.neutral or "" for d in demos]
     for i, text in zip(todo, generated, strict=True):
         answers[i] = text
-    return [answer_text(a) if a.strip() else "" for a in answers]
+    return [prompt_format.answer(a) if a.strip() else "" for a in answers]
 
 
 @dataclass(frozen=True)
@@ -86,23 +93,32 @@ def capture_demos(
     batch_size: int = 8,
     layer_path: str | None = None,
     progress: bool = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> DemoActivations:
     """Neutral, positive and negative activations of the demonstrations at ``site`` of
-    ``layers``, at the answer's last token or averaged over it (``token``).
+    ``layers``, at the answer's last token or averaged over it (``token``), with prompts
+    and answers in ``prompt_format`` (module docstring).
 
     Raises:
         ValueError: an unknown ``neutral``, ``site`` or ``token`` (checked before any
             forward pass).
     """
     site, token = Site.parse(site, "site"), Token.parse(token, "token")
+    demos = [dataclasses.replace(d, prompt=prompt_format.adopt(d.prompt)) for d in demos]
     prompts = [d.prompt for d in demos]
     neutral_texts = neutral_answers(
-        model, tokenizer, demos, neutral, batch_size=batch_size, progress=progress
+        model,
+        tokenizer,
+        demos,
+        neutral,
+        batch_size=batch_size,
+        progress=progress,
+        prompt_format=prompt_format,
     )
     answers = {
         "neutral": neutral_texts,
-        "positive": [answer_text(d.positive) for d in demos],
-        "negative": [answer_text(d.negative) for d in demos],
+        "positive": [prompt_format.answer(d.positive) for d in demos],
+        "negative": [prompt_format.answer(d.negative) for d in demos],
     }
     captured = {
         kind: capture(

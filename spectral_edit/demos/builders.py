@@ -8,6 +8,10 @@
   incorrect answer (seeded), same prompt.
 - BBQ (bias): positive = the gold option, negative = one of the other two (seeded); the
   prompt is BBQ's evaluation prompt, so fitting and evaluation see the same format.
+
+Every builder takes a :class:`~.prompts.PromptFormat` (default plain): under a chat
+template the prompts are the template's renderings (:func:`~.prompts.qa_prompt`,
+:func:`~.prompts.bbq_prompt`); the answers are stored as they are either way.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..data.bbq import BBQItem
 from ..data.halueval import HaluEvalQA
 from ..data.truthfulqa import TruthfulQARow
 from .format import Demonstration
-from .prompts import bbq_prompt, qa_prompt
+from .prompts import PLAIN, PromptFormat, bbq_prompt, qa_prompt
 
 PAPER_SEED = 44
 
@@ -40,7 +44,11 @@ def _sentence(text: str) -> str:
 
 
 def halueval_demos(
-    items: Sequence[HaluEvalQA], *, limit: int | None = None, seed: int = PAPER_SEED
+    items: Sequence[HaluEvalQA],
+    *,
+    limit: int | None = None,
+    seed: int = PAPER_SEED,
+    prompt_format: PromptFormat = PLAIN,
 ) -> list[Demonstration]:
     """Demonstrations from HaluEval QA items (shuffled with ``seed``, first ``limit``)."""
     rng = random.Random(seed)
@@ -51,7 +59,7 @@ def halueval_demos(
         negative = rng.choice(pieces) if pieces else item.hallucinated_answer
         demos.append(
             Demonstration(
-                prompt=qa_prompt(item.question),
+                prompt=qa_prompt(item.question, prompt_format),
                 positive=_sentence(item.right_answer),
                 negative=_sentence(negative),
             )
@@ -60,7 +68,11 @@ def halueval_demos(
 
 
 def truthfulqa_demos(
-    rows: Sequence[TruthfulQARow], *, limit: int | None = None, seed: int = PAPER_SEED
+    rows: Sequence[TruthfulQARow],
+    *,
+    limit: int | None = None,
+    seed: int = PAPER_SEED,
+    prompt_format: PromptFormat = PLAIN,
 ) -> list[Demonstration]:
     """Demonstrations from TruthfulQA rows: best answer vs one incorrect answer."""
     rng = random.Random(seed)
@@ -71,7 +83,7 @@ def truthfulqa_demos(
             continue
         demos.append(
             Demonstration(
-                prompt=qa_prompt(row.question),
+                prompt=qa_prompt(row.question, prompt_format),
                 positive=_sentence(row.best_answer),
                 negative=_sentence(rng.choice(row.incorrect_answers)),
             )
@@ -79,7 +91,9 @@ def truthfulqa_demos(
     return demos
 
 
-def bbq_demos(items: Sequence[BBQItem], *, seed: int = PAPER_SEED) -> list[Demonstration]:
+def bbq_demos(
+    items: Sequence[BBQItem], *, seed: int = PAPER_SEED, prompt_format: PromptFormat = PLAIN
+) -> list[Demonstration]:
     """Demonstrations from BBQ items: positive = the gold option, negative = one of the two
     other options (seeded); the prompt is the evaluation prompt (context, question)."""
     rng = random.Random(seed)
@@ -88,7 +102,7 @@ def bbq_demos(items: Sequence[BBQItem], *, seed: int = PAPER_SEED) -> list[Demon
         others = [i for i in range(len(item.answers)) if i != item.label]
         demos.append(
             Demonstration(
-                prompt=bbq_prompt(item),
+                prompt=bbq_prompt(item, prompt_format),
                 positive=item.answers[item.label],
                 negative=item.answers[rng.choice(others)],
             )

@@ -19,6 +19,8 @@ for readers only (e.g. ``ranks``) agree with the tensors. Loading with a model a
 that the editor fits it (:func:`check_fits`: both shapes named when not) and warns
 (:class:`EditorModelWarning`) when the model differs from the one recorded at fit time
 (:func:`model_identity`, which records names and content digests, never local paths).
+An evaluation in another prompt format than the fit's (a chat template, or none) is warned
+about too (:func:`warn_if_other_prompt_format`, :class:`EditorPromptWarning`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..demos.prompts import NO_TEMPLATE, PromptFormat
 from ..hf.layers import find_decoder_layers, hidden_size_of
 from ..util.atomic import atomic_path
 from ..util.identity import folder_fingerprint, shareable_name
@@ -59,6 +62,12 @@ class EditorFileError(ValueError):
 
 class EditorModelWarning(UserWarning):
     """An editor is applied to a model of its shape that is not the one it was fitted on."""
+
+
+class EditorPromptWarning(UserWarning):
+    """An editor is evaluated in another prompt format than it was fitted in: with a chat
+    template it was fitted without, without the one it was fitted with, or with another
+    template or system prompt."""
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> str:
@@ -267,6 +276,41 @@ def warn_if_other_model(path: Path, metadata: Mapping[str, Any], model: nn.Modul
             f"this model is {current['model']!r} ({'; '.join(found)}); the shapes fit, but "
             "the edit may not carry over: refit the editor on this model (sea fit --model ...)",
             EditorModelWarning,
+            stacklevel=3,
+        )
+
+
+def prompt_format_mismatch(recorded: Mapping[str, Any], prompt_format: PromptFormat) -> str | None:
+    """How the prompt format an editor's metadata records (``chat_template``,
+    ``system_prompt``: :meth:`~spectral_edit.demos.prompts.PromptFormat.record`) differs
+    from ``prompt_format``, in words; ``None`` if they agree or nothing is recorded
+    (editors of earlier releases, baselines)."""
+    fitted = recorded.get("chat_template")
+    if not isinstance(fitted, str):
+        return None
+    current = prompt_format.record()
+    if fitted == current["chat_template"]:
+        if recorded.get("system_prompt") == current["system_prompt"]:
+            return None
+        return "another --system-prompt than the one it was fitted with"
+    if fitted == NO_TEMPLATE:
+        return "a chat template (--chat-template), but it was fitted on plain prompts"
+    if current["chat_template"] == NO_TEMPLATE:
+        return "plain prompts, but it was fitted under a chat template: pass --chat-template"
+    return "another chat template than the one it was fitted under (another tokenizer)"
+
+
+def warn_if_other_prompt_format(
+    source: object, metadata: Mapping[str, Any], prompt_format: PromptFormat
+) -> None:
+    """Warn (:class:`EditorPromptWarning`) when the editor ``source`` names is used in
+    another prompt format than the one its metadata records (:func:`prompt_format_mismatch`)."""
+    found = prompt_format_mismatch(metadata, prompt_format)
+    if found:
+        warnings.warn(
+            f"{source}: the editor is used with {found}; the edit was fitted on other "
+            "prompts and may not carry over",
+            EditorPromptWarning,
             stacklevel=3,
         )
 

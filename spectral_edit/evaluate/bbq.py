@@ -32,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.bbq import BBQItem, biased_index, unknown_index
-from ..demos.prompts import BBQ_PROMPT_FORMAT, bbq_continuations, bbq_prompt
+from ..demos.prompts import BBQ_PROMPT_FORMAT, PLAIN, PromptFormat, bbq_continuations, bbq_prompt
 from .metrics.bbq import BBQPrediction, bbq_metrics
 from .metrics.common import argmax_first
 from .results import RecordsResult
@@ -62,8 +62,10 @@ def evaluate_bbq(
     *,
     batch_size: int = 16,
     progress: bool | str = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> BBQResult:
-    """Choose one of the three options of every item by mean token log-probability.
+    """Choose one of the three options of every item by mean token log-probability, with
+    prompts and options in ``prompt_format`` (plain, or a chat template).
 
     Each item is one scorer request (its prompt run once, its three options as one
     batch). Per-item record keys: ``example_id, category, condition, polarity,
@@ -77,7 +79,10 @@ def evaluate_bbq(
     if not items:
         raise ValueError("evaluate_bbq: no items")
     started = time.perf_counter()
-    requests = [ChoiceRequest(bbq_prompt(item), bbq_continuations(item)) for item in items]
+    requests = [
+        ChoiceRequest(bbq_prompt(item, prompt_format), bbq_continuations(item, prompt_format))
+        for item in items
+    ]
     scored = score_requests(
         model,
         tokenizer,
@@ -119,6 +124,7 @@ def evaluate_bbq(
         "n": len(items),
         "scoring": "mean_logprob",
         "prompt_format": BBQ_PROMPT_FORMAT,
+        **prompt_format.record(),
         **bbq_metrics(predictions),
         "seconds": time.perf_counter() - started,
     }

@@ -9,7 +9,10 @@ arg-max of the sums; ``acc_norm`` divides each sum by the candidate's length in 
 strings before the target delimiter is prepended; a choice that itself began with
 whitespace is off by one here). Winogrande-style items (several contexts, one
 continuation) report ``acc`` only, as lm-eval does: there every candidate has the same
-continuation.
+continuation. Under a chat template (``prompt_format``) each context is the user turn and
+each continuation follows the generation prompt without the loader's leading space
+(:meth:`~spectral_edit.demos.prompts.PromptFormat.continuation`); ``acc_norm`` lengths
+are the same either way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.control import ChoiceItem
+from ..demos.prompts import PLAIN, PromptFormat
 from .metrics.common import argmax_first
 from .metrics.multiple_choice import choice_accuracy, choice_lengths
 from .readout import FINAL, Readout
@@ -46,8 +50,11 @@ class ChoiceTaskResult(RecordsResult):
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def choice_requests(items: Sequence[ChoiceItem]) -> tuple[list[ChoiceRequest], list[list[int]]]:
-    """Scorer requests for ``items`` and, per item, the request index of each candidate.
+def choice_requests(
+    items: Sequence[ChoiceItem], prompt_format: PromptFormat = PLAIN
+) -> tuple[list[ChoiceRequest], list[list[int]]]:
+    """Scorer requests for ``items`` (in ``prompt_format``) and, per item, the request
+    index of each candidate.
 
     A single-context item is one request with all its continuations; a multi-context
     (Winogrande-style) item gives one request per ``(context, continuation)`` pair.
@@ -56,13 +63,20 @@ def choice_requests(items: Sequence[ChoiceItem]) -> tuple[list[ChoiceRequest], l
     """
     requests: list[ChoiceRequest] = []
     index: list[list[int]] = []
+
+    def request(context: str, continuations: Sequence[str]) -> ChoiceRequest:
+        return ChoiceRequest(
+            prompt_format.prompt(context, context.strip()),
+            tuple(prompt_format.continuation(c) for c in continuations),
+        )
+
     for item in items:
         if len(item.contexts) == 1:
             index.append([len(requests)])
-            requests.append(ChoiceRequest(item.contexts[0], tuple(item.continuations)))
+            requests.append(request(item.contexts[0], item.continuations))
         else:
             index.append(list(range(len(requests), len(requests) + len(item.contexts))))
-            requests.extend(ChoiceRequest(ctx, (cont,)) for ctx, cont in item.pairs)
+            requests.extend(request(ctx, (cont,)) for ctx, cont in item.pairs)
     return requests, index
 
 
@@ -80,11 +94,14 @@ def evaluate_choice_task(
     shared_prefix: str | None = None,
     readout: Readout = FINAL,
     progress: bool | str = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> ChoiceTaskResult:
     """``acc`` / ``acc_norm`` of a multiple-choice task (lm-eval definitions, percent).
 
     ``shared_prefix`` is passed to the scorer (e.g. few-shot examples every context
-    starts with). Per-item record keys: ``index, gold, logprobs`` (sums, one per
+    starts with; under a chat template the template's text before the user turn is used
+    instead). ``prompt_format``: plain, or a chat template (module docstring).
+    Per-item record keys: ``index, gold, logprobs`` (sums, one per
     candidate), ``n_tokens, predicted, correct`` and, for single-context items,
     ``lengths, predicted_norm, correct_norm``.
 
@@ -100,12 +117,12 @@ def evaluate_choice_task(
     tasks = sorted({item.task for item in items})
     task = tasks[0] if len(tasks) == 1 else None
     started = time.perf_counter()
-    requests, index = choice_requests(items)
+    requests, index = choice_requests(items, prompt_format)
     scored = score_requests(
         model,
         tokenizer,
         requests,
-        shared_prefix=shared_prefix,
+        shared_prefix=prompt_format.shared_prefix(shared_prefix),
         batch_size=batch_size,
         readout=readout,
         progress=(task or "choice") if progress is True else progress,

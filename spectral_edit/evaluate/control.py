@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.control import CONTROL_TASKS, ChoiceItem, GSM8KItem, load_control_task
+from ..demos.prompts import PLAIN, PromptFormat
 from .choice import ChoiceTaskResult, evaluate_choice_task
 from .gsm8k import GSM8KResult, evaluate_gsm8k
 from .readout import FINAL, FinalLayerReadout, Readout
@@ -100,6 +101,7 @@ def evaluate_control(
     batch_size: int = 16,
     readout: Readout = FINAL,
     progress: bool = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> ControlResult:
     """Run the named control tasks (:data:`~spectral_edit.data.control.CONTROL_TASKS` keys).
 
@@ -111,7 +113,10 @@ def evaluate_control(
     tuning and reporting; GSM8K takes no offset). GSM8K uses :func:`evaluate_gsm8k`'s
     defaults.
     ``readout`` scores the multiple-choice tasks; GSM8K is generated with the model's own
-    head, so under another readout (DoLa) it is a :class:`SkippedTask`.
+    head, so under another readout (DoLa) it is a :class:`SkippedTask`. ``prompt_format``
+    puts the multiple-choice tasks' contexts in a chat template
+    (:func:`~spectral_edit.evaluate.choice.choice_requests`); GSM8K's few-shot prompt
+    stays plain (a :class:`SkippedTask` under a template).
 
     Raises:
         KeyError: an unknown task name (checked before anything runs).
@@ -134,6 +139,9 @@ def evaluate_control(
         if name == "gsm8k" and not isinstance(readout, FinalLayerReadout):
             reason = f"generation with the {readout.name} readout is not supported"
             results[name] = SkippedTask(name, reason)
+        elif name == "gsm8k" and prompt_format.is_chat:
+            reason = "its few-shot prompt is not put in a chat template"
+            results[name] = SkippedTask(name, reason)
         elif name == "gsm8k":
             # the task name decides the item type (CONTROL_TASKS' loader)
             gsm_items = cast(list[GSM8KItem], load_control_task(name, data_dir))
@@ -151,5 +159,6 @@ def evaluate_control(
                 batch_size=batch_size,
                 readout=readout,
                 progress=label,
+                prompt_format=prompt_format,
             )
     return ControlResult(results, time.perf_counter() - started)

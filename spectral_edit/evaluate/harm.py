@@ -39,7 +39,7 @@ from ..data.halueval import load_halueval_general
 from ..data.locate import resolve
 from ..data.splits import truthfulqa_questions
 from ..data.truthfulqa import QA_PRIMER
-from ..demos.prompts import qa_prompt
+from ..demos.prompts import PLAIN, PromptFormat, qa_prompt
 from ..hf.generation import ANSWER_STOPS, generate_greedy
 from ..hf.tokens import encode_pair
 from ..util.atomic import atomic_write_text
@@ -120,11 +120,14 @@ def neutral_texts(
 
 
 def harm_prompts(
-    questions: Sequence[str] = (), open_prompts: Sequence[str] = OPEN_PROMPTS
+    questions: Sequence[str] = (),
+    open_prompts: Sequence[str] = OPEN_PROMPTS,
+    prompt_format: PromptFormat = PLAIN,
 ) -> tuple[HarmPrompt, ...]:
-    """The QA prompts of ``questions`` (:func:`~spectral_edit.demos.prompts.qa_prompt`),
-    then the open prompts."""
-    qa = tuple(HarmPrompt(qa_prompt(q), "qa") for q in questions)
+    """The QA prompts of ``questions`` (:func:`~spectral_edit.demos.prompts.qa_prompt` in
+    ``prompt_format``: plain, or a chat template), then the open prompts (plain text to
+    continue, in every format)."""
+    qa = tuple(HarmPrompt(qa_prompt(q, prompt_format), "qa") for q in questions)
     return qa + tuple(HarmPrompt(p, "open") for p in open_prompts)
 
 
@@ -133,16 +136,17 @@ def default_prompts(
     limit: int | None = 32,
     *,
     mc_file: str = "mc_task_v0.json",
+    prompt_format: PromptFormat = PLAIN,
 ) -> tuple[HarmPrompt, ...]:
     """The fixed prompt set: the first ``limit`` TruthfulQA questions of ``mc_file``
-    (:func:`~spectral_edit.data.splits.truthfulqa_questions`) after the QA primer, then
-    every one of :data:`OPEN_PROMPTS`.
+    (:func:`~spectral_edit.data.splits.truthfulqa_questions`) after the QA primer (under a
+    chat template: as the user turn), then every one of :data:`OPEN_PROMPTS`.
 
     Raises:
         DataFileMissing, DataFormatError: from locating or reading the file.
     """
     questions = truthfulqa_questions(mc_file, data_dir, limit=limit)
-    return harm_prompts([q.question for q in questions])
+    return harm_prompts([q.question for q in questions], prompt_format=prompt_format)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Prompt: the QA primer, a blank line, ``Q: {question}\\nA:``; each answer is scored by the
 summed log-probability of ``" " + answer``. The primer is shared by every question and
-cached once; each question is run once and its answers are scored as one batch.
+cached once; each question is run once and its answers are scored as one batch. Under a
+chat template (``prompt_format``) the prompt is the question as the user turn and each
+answer follows the generation prompt without the space
+(:mod:`spectral_edit.demos.prompts`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.truthfulqa import QA_PRIMER, MCQuestion
-from ..demos.prompts import qa_prompt
+from ..demos.prompts import PLAIN, PromptFormat, qa_prompt
 from .metrics.multiple_choice import mc_scores, mean_mc
 from .readout import FINAL, Readout
 from .results import RecordsResult
@@ -40,20 +43,23 @@ def evaluate_truthfulqa(
     batch_size: int = 16,
     readout: Readout = FINAL,
     progress: bool | str = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> TruthfulQAResult:
     """Score every MC1 and MC2 answer once (answers in both lists are scored once);
-    ``readout`` selects plain or DoLa scoring."""
+    ``readout`` selects plain or DoLa scoring; ``prompt_format`` the prompts (plain, or a
+    chat template; the summary records it)."""
     started = time.perf_counter()
     requests, answer_lists = [], []
     for q in questions:
         answers = tuple(dict.fromkeys((*q.mc1_answers, *q.mc2_answers)))
         answer_lists.append(answers)
-        requests.append(ChoiceRequest(qa_prompt(q.question), tuple(" " + a for a in answers)))
+        continuations = tuple(prompt_format.continuation(" " + a) for a in answers)
+        requests.append(ChoiceRequest(qa_prompt(q.question, prompt_format), continuations))
     scored = score_requests(
         model,
         tokenizer,
         requests,
-        shared_prefix=QA_PRIMER,
+        shared_prefix=prompt_format.shared_prefix(QA_PRIMER),
         batch_size=batch_size,
         readout=readout,
         progress="TruthfulQA" if progress is True else progress,
@@ -72,5 +78,9 @@ def evaluate_truthfulqa(
                 "mc2_logprobs": mc2_ll,
             }
         )
-    summary = {**mean_mc(per_question), "seconds": time.perf_counter() - started}
+    summary = {
+        **mean_mc(per_question),
+        **prompt_format.record(),
+        "seconds": time.perf_counter() - started,
+    }
     return TruthfulQAResult(per_question, summary)

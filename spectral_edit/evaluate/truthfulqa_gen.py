@@ -11,6 +11,9 @@ answer (:func:`~.metrics.truthfulqa_gen.clean_answer`) that decides informativen
 lm-eval generates up to 256 tokens; ``max_new_tokens`` defaults to 64 here (answers of
 the primer's style are one sentence). Pass 256 for lm-eval's cap.
 
+Under a chat template (``prompt_format``) the prompt is the question as the user turn,
+with the generation prompt (no primer, no ``"Q: "``); the stops are the same.
+
 The editor, if any, is applied by the caller (``with editor.apply(model): ...``).
 """
 
@@ -25,6 +28,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.truthfulqa import QA_PRIMER, TruthfulQARow
+from ..demos.prompts import PLAIN, PromptFormat
 from ..hf.generation import generate_greedy
 from .metrics.truthfulqa_gen import (
     clean_answer,
@@ -47,10 +51,12 @@ TRUTHFULQA_GEN_STOPS: tuple[str, ...] = ("\n\n",)
 ends a generation too."""
 
 
-def truthfulqa_gen_prompt(question: str) -> str:
+def truthfulqa_gen_prompt(question: str, prompt_format: PromptFormat = PLAIN) -> str:
     """lm-eval's ``truthfulqa_gen`` prompt: ``QA_PRIMER + "\\n\\nQ: " + question.strip()``
-    (unlike :func:`~spectral_edit.demos.prompts.qa_prompt`, no ``"\\nA:"``)."""
-    return f"{QA_PRIMER}\n\nQ: {question.strip()}"
+    (unlike :func:`~spectral_edit.demos.prompts.qa_prompt`, no ``"\\nA:"``); under a chat
+    template the stripped question as the user turn."""
+    question = question.strip()
+    return prompt_format.prompt(f"{QA_PRIMER}\n\nQ: {question}", question)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ def evaluate_truthfulqa_gen(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     progress: bool | str = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> TruthfulQAGenResult:
     """Greedy answers to ``rows`` (``TruthfulQA.csv`` rows), scored per question as lm-eval's
     ``truthfulqa_gen`` scores them (module docstring).
@@ -95,7 +102,7 @@ def evaluate_truthfulqa_gen(
     completions = generate_greedy(
         model,
         tokenizer,
-        [truthfulqa_gen_prompt(r.question) for r in rows],
+        [truthfulqa_gen_prompt(r.question, prompt_format) for r in rows],
         max_new_tokens=max_new_tokens,
         stops=TRUTHFULQA_GEN_STOPS,
         batch_size=batch_size,
@@ -117,6 +124,7 @@ def evaluate_truthfulqa_gen(
     summary: dict[str, Any] = {
         **mean_gen_scores(per_question),
         "max_new_tokens": max_new_tokens,
+        **prompt_format.record(),
         "generation_seconds": generated - started,
         "seconds": time.perf_counter() - started,
     }

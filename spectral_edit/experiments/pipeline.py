@@ -15,6 +15,7 @@ from ..core.options import SeaOptions
 from ..core.statistics import check_feature_scales, check_ranks
 from ..demos.activations import DemoActivations, capture_demos
 from ..demos.format import Demonstration
+from ..demos.prompts import PLAIN, PromptFormat
 from ..editors.file_format import model_identity
 from ..editors.sea import SpectralEditor
 from ..editors.sea_fit import fit_from_arrays
@@ -79,11 +80,16 @@ def fit_editor(
     batch_size: int = 8,
     progress: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    prompt_format: PromptFormat = PLAIN,
 ) -> SpectralEditor:
     """Capture the demonstrations' activations at ``options.layers`` and fit an editor.
 
-    ``metadata`` is added to the editor's (after the model's name and revision, the
-    neutral and token options and the capture time).
+    ``prompt_format``: plain prompts, or a chat template the prompts and answers are put
+    in (:func:`~spectral_edit.demos.activations.capture_demos`); the editor's metadata
+    records it (``chat_template``, ``system_prompt``: :meth:`PromptFormat.record`), so an
+    evaluation in another format is warned about. ``metadata`` is added to the editor's
+    (after the model's name and revision, the neutral and token options, the prompt
+    format and the capture time).
 
     Raises:
         ValueError: a layer spec out of range for the model (from
@@ -107,12 +113,14 @@ def fit_editor(
         batch_size=batch_size,
         layer_path=options.layer_path,
         progress=progress,
+        prompt_format=prompt_format,
     )
     captured = time.perf_counter()
     info = {
         **model_metadata(model),
         "neutral": str(options.neutral),
         "token": str(options.token),
+        **prompt_format.record(),
         "capture_seconds": round(captured - started, 3),
         **dict(metadata or {}),
     }

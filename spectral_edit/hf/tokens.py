@@ -2,8 +2,13 @@
 
 One rule for the whole project, the one lm-evaluation-harness uses: encode
 ``context + continuation`` as a whole and the context alone; the continuation's tokens are
-the whole encoding after the context's length. Trailing whitespace of the context moves
-to the continuation first. An empty context becomes the BOS (else EOS) token.
+the whole encoding after the context's length. Where the context ends in whitespace that
+the tokenizer would merge into the continuation's first token, that whitespace moves to
+the continuation first (``"A: " + "Paris"``); where the context's own tokens already begin
+the whole's (a chat template's generation prompt ending in a newline), the context stays
+as written, so the continuation's tokens are exactly the answer's. An empty context
+becomes the BOS (else EOS) token. A text that starts with the BOS token's text (a chat
+template's rendering) gets no second BOS.
 """
 
 from __future__ import annotations
@@ -54,8 +59,12 @@ def check_length(model: nn.Module, length: int, new_tokens: int = 0) -> None:
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """Token ids of ``text`` with the tokenizer's special tokens (e.g. BOS) added."""
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    """Token ids of ``text`` with the tokenizer's special tokens (e.g. BOS) added, unless
+    ``text`` already starts with the BOS token's text (as a chat template renders it):
+    then none are added, so the ids hold exactly one BOS (lm-evaluation-harness's rule)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add = not (isinstance(bos, str) and bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add)["input_ids"])
 
 
 def start_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -77,7 +86,14 @@ def encode_pair(
     As in lm-evaluation-harness, the context ids are the context's own encoding and the
     continuation ids are the whole string's encoding after that many tokens, so all
     continuations of one context share its ids (the start token stands for an empty one).
+    A context ending in whitespace is kept as written when its encoding begins the
+    whole's (the split is then exact at the context's end); otherwise its trailing
+    whitespace moves to the continuation (lm-evaluation-harness's rule).
     """
+    if context.strip() and context != context.rstrip():
+        whole, context_ids = encode(tokenizer, context + continuation), encode(tokenizer, context)
+        if whole[: len(context_ids)] == context_ids:
+            return context_ids, whole[len(context_ids) :]
     stripped = context.rstrip()
     continuation = context[len(stripped) :] + continuation
     context = stripped

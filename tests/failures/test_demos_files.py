@@ -234,7 +234,10 @@ def test_cli_fits_a_bom_crlf_file_and_warns_about_duplicates(
     monkeypatch.chdir(tmp_path)
     lines = ["\ufeff" + _line(GOOD[0]), *map(_line, GOOD[1:]), "", _line(GOOD[2])]
     _file(tmp_path, "demos.jsonl", lines, end="\r\n")
-    with pytest.warns(DuplicateDemonstrationsWarning, match="1 of 7 demonstrations"):
-        output = assert_ok(run_cli(_fit(tiny_model_dir, "demos.jsonl")))
+    output = assert_ok(run_cli(_fit(tiny_model_dir, "demos.jsonl")))
+    flat = " ".join(output.split())
+    # the library's warning, shown by the CLI as one line (not Python's warning format)
+    assert "warning: demos.jsonl: 1 of 7 demonstrations repeat an earlier one" in flat
+    assert DuplicateDemonstrationsWarning.__name__ not in output
     assert "7 demonstrations" in output
     assert (tmp_path / "editor.safetensors").stat().st_size > 0
