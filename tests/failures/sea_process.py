@@ -45,14 +45,21 @@ def start(
     args: Sequence[str | os.PathLike[str]], hold: str | None = None, hold_seconds: float = 60
 ) -> subprocess.Popen:
     """``python -m spectral_edit.cli ARGS`` (stderr into stdout), holding ``hold_seconds``
-    at ``hold``."""
+    at ``hold``. SIGINT is reset to its default in the child: a test run started in the
+    background (``nohup``, ``cmd &``) inherits SIGINT ignored, and Python keeps an ignored
+    SIGINT ignored, so Ctrl-C could not be tried."""
     return subprocess.Popen(
         [sys.executable, "-m", "spectral_edit.cli", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=_env(hold, hold_seconds),
         text=True,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(process: subprocess.Popen, marker: str = HOLDING, timeout: float = 120) -> str:
