@@ -7,8 +7,10 @@ sequences) are checked against our scorer (KV-cache sharing) under the same edit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,9 @@ import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from spectral_edit import fit_from_arrays  # noqa: E402
+from spectral_edit.demos.prompts import PLAIN, chat_format  # noqa: E402
 from spectral_edit.editors.baselines import MeanDifferenceEditor  # noqa: E402
-from spectral_edit.editors.file_format import EditorFileError  # noqa: E402
+from spectral_edit.editors.file_format import EditorFileError, EditorPromptWarning  # noqa: E402
 from spectral_edit.evaluate.scorer import ChoiceRequest, score_requests  # noqa: E402
 from spectral_edit.hf.layers import find_decoder_layers  # noqa: E402
 from spectral_edit.hf.models import load_model  # noqa: E402
@@ -317,3 +320,37 @@ def test_sea_lm_eval_refusals(tiny_model_dir, tmp_path):
     assert_refused(run_cli(["lm-eval", "--alpha", "nan"]), "alpha")
     # what neither command knows is refused by lm-eval's own parser, naming it
     assert_refused(run_cli(["lm-eval", "--no-such-option", "--tasks", TASK]), "--no-such-option")
+
+
+def test_the_editors_prompt_format_is_checked_against_lm_evals(task_manager):
+    """An editor fitted under a chat template (with a system prompt) runs silently under
+    lm-eval's ``apply_chat_template`` with that system instruction, and is warned about,
+    naming lm-eval's options, without it or with another system instruction."""
+    from tests.test_chat_template import TEMPLATE
+
+    model, tokenizer = make_tiny_model("llama"), make_tiny_tokenizer()
+    tokenizer.chat_template = TEMPLATE
+    fitted = chat_format(tokenizer, "Be brief.")
+    base = _sea_editor(model)
+    editor = dataclasses.replace(base, metadata={**base.metadata, **fitted.record()})
+
+    def run(**options) -> list[str]:
+        lm = SpectralEditLM(model, editor, tokenizer=tokenizer)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lm_eval.simple_evaluate(
+                model=lm, tasks=[TASK], task_manager=task_manager, bootstrap_iters=0, **options
+            )
+        assert lm.prompt_format() == (
+            chat_format(tokenizer, options.get("system_instruction"))
+            if options.get("apply_chat_template")
+            else PLAIN
+        )
+        return [str(w.message) for w in caught if issubclass(w.category, EditorPromptWarning)]
+
+    assert run(apply_chat_template=True, system_instruction="Be brief.") == []
+    (plain,) = run()
+    assert "plain prompts" in plain and "--apply_chat_template" in plain
+    (other,) = run(apply_chat_template=True, system_instruction="Be long.")
+    assert "--system_instruction" in other
+    assert _hooks(model) == []

@@ -15,7 +15,8 @@ from ..core.options import SeaOptions, check_alpha
 from ..hf.model_names import DEFAULT_MODEL
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
+"""Errors and warnings: not wrapped by rich (a path in a message stays whole to copy)."""
 
 ModelOpt = Annotated[
     str,

@@ -13,11 +13,14 @@ from ..data.control import DEFAULT_CONTROL_TASKS
 from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     BatchOpt,
+    ChatTemplateOpt,
     DataDirOpt,
     DeviceMapOpt,
     DtypeOpt,
     LimitOpt,
     ModelOpt,
+    SystemPromptOpt,
+    check_prompt_options,
     console,
     control_task_names,
     count_option,
@@ -25,6 +28,7 @@ from .common import (
     err,
     failing_on,
     load,
+    prompt_format,
     sea_options,
     too_long,
 )
@@ -85,6 +89,8 @@ def compare(
     data_dir: DataDirOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
 ) -> None:
     """Every method on the same demonstrations and questions, tuned on one TruthfulQA fold
     and reported on the other, with control tasks: report.md, report.json and a plot."""
@@ -96,14 +102,11 @@ def compare(
     from ..experiments.methods import parse_methods
 
     tasks = control_task_names(control_tasks)
+    check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors(), DemoFormatError):
         names = parse_methods(methods)
         folds = truthfulqa_folds(mc_file, data_dir, per_fold=per_fold)
-        demo_list = (
-            read_demos(demos)
-            if demos is not None
-            else load_truthfulness_demos(n_demos, data_dir, seed, console.print).demos
-        )
+        given = read_demos(demos) if demos is not None else None
     with failing_on(ValueError):
         options = CompareOptions(
             methods=tuple(names),
@@ -117,11 +120,17 @@ def compare(
             harm_gen_tokens=harm_gen_tokens,
         )
     lm, tokenizer = load(model, dtype, device_map)
+    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
+    with failing_on(*data_errors()):  # HaluEval demonstrations are built in the format
+        if given is None:
+            given = load_truthfulness_demos(
+                n_demos, data_dir, seed, console.print, prompt_format=prompts
+            ).demos
     with too_long():
         report = run_compare(
             lm,
             tokenizer,
-            demo_list,
+            given,
             folds,
             options,
             out,
@@ -129,6 +138,7 @@ def compare(
             model_name=model,
             echo=console.print,
             progress=True,
+            prompt_format=prompts,
         )
     print_table(*report.table())
     console.print(f"report in {out}/report.md")
@@ -153,16 +163,21 @@ def demo(
     data_dir: DataDirOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
 ) -> None:
     """The main job: HaluEval demonstrations → SEA editor → TruthfulQA before and after."""
+    from ..demos.prompts import ChatTemplateError
     from ..experiments.demo_job import truthfulness_demo
     from ..hf.model_names import ModelLoadError
+
+    check_prompt_options(chat_template, system_prompt)
 
     options = sea_options(
         layers=layers, pos_ratio=pos_ratio, neg_ratio=neg_ratio, centered=centered, neutral=neutral
     )
     # the job checks its options (the layer spec against the model) before any capture
-    with failing_on(*data_errors(), ModelLoadError, LookupError), too_long():
+    with failing_on(*data_errors(), ModelLoadError, LookupError, ChatTemplateError), too_long():
         report = truthfulness_demo(
             model,
             options,
@@ -174,6 +189,8 @@ def demo(
             dtype=dtype,
             device_map=device_map,
             echo=console.print,
+            chat_template=chat_template,
+            system_prompt=system_prompt,
         )
     for table in report.tables():
         print_table(*table)

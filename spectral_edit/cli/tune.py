@@ -13,10 +13,13 @@ from ..data.control import DEFAULT_CONTROL_TASKS
 from ..hf.model_names import DEFAULT_MODEL
 from .common import (
     BatchOpt,
+    ChatTemplateOpt,
     DataDirOpt,
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    SystemPromptOpt,
+    check_prompt_options,
     console,
     control_task_names,
     count_option,
@@ -24,6 +27,7 @@ from .common import (
     err,
     failing_on,
     load,
+    prompt_format,
 )
 from .compare import JobNeutral
 from .tables import print_table
@@ -96,6 +100,8 @@ def tune(
     data_dir: DataDirOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    chat_template: ChatTemplateOpt = False,
+    system_prompt: SystemPromptOpt = None,
 ) -> None:
     """Calibrate each method's α to the largest target within the harm budget on a tuning
     part, report it held out: report.md, report.json and pareto.png."""
@@ -107,6 +113,7 @@ def tune(
     from ..experiments.tune_targets import load_tune_data
 
     tasks = control_task_names(control_tasks)
+    check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors(), DemoFormatError):
         options = TuneOptions(
             methods=tuple(parse_methods(methods)),
@@ -121,6 +128,10 @@ def tune(
             batch_size=batch_size,
             seed=seed,
         )
+        texts = load_kl_texts(2 * kl_texts, data_dir)
+    lm, tokenizer = load(model, dtype, device_map)
+    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
+    with failing_on(*data_errors(), DemoFormatError):  # demonstrations built in the format
         data = load_tune_data(
             target,
             n_demos=n_demos,
@@ -130,9 +141,8 @@ def tune(
             data_dir=data_dir,
             seed=seed,
             echo=console.print,
+            prompt_format=prompts,
         )
-        texts = load_kl_texts(2 * kl_texts, data_dir)
-    lm, tokenizer = load(model, dtype, device_map)
     with failing_on(ValueError):  # SequenceTooLong is one
         report = run_tune(
             lm,
@@ -148,6 +158,7 @@ def tune(
             configs={m: c[:1] for m, c in TUNE_CONFIGS.items()} if first_config else TUNE_CONFIGS,
             echo=console.print,
             progress=True,
+            prompt_format=prompts,
         )
     print_table(*report.table())
     console.print(f"report in {out}/report.md")

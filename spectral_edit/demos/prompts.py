@@ -18,6 +18,7 @@ demonstration and an evaluation of the same question see the same prompt.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,9 +148,26 @@ class PromptFormat:
             return {"chat_template": NO_TEMPLATE, "system_prompt": None}
         return {"chat_template": self.chat.sha256, "system_prompt": self.chat.system_prompt}
 
+    def key(self) -> dict[str, Any]:
+        """What a stored result's content key adds for this format: nothing for plain
+        prompts (so results stored before chat templates existed stay valid), else
+        ``{"prompts": record()}``."""
+        return {} if self.chat is None else {"prompts": self.record()}
+
 
 PLAIN = PromptFormat()
 """Plain-text prompts (no chat template): the default everywhere."""
+
+
+def describe_prompts(record: Mapping[str, Any]) -> str:
+    """A :meth:`PromptFormat.record` in words, for reports: ``"plain prompts"``, or the
+    chat template by the start of its sha256 (and the system prompt, if any)."""
+    template = record.get("chat_template", NO_TEMPLATE)
+    if template in (None, NO_TEMPLATE):
+        return "plain prompts"
+    system = record.get("system_prompt")
+    text = f"the tokenizer's chat template (sha256 {str(template)[:12]}…)"
+    return text + (f", system prompt {system!r}" if system else "")
 
 
 def chat_format(

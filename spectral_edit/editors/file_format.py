@@ -280,32 +280,46 @@ def warn_if_other_model(path: Path, metadata: Mapping[str, Any], model: nn.Modul
         )
 
 
-def prompt_format_mismatch(recorded: Mapping[str, Any], prompt_format: PromptFormat) -> str | None:
+SEA_PROMPT_OPTIONS = ("--chat-template", "--system-prompt")
+"""How this library's commands name the chat template and the system prompt."""
+
+
+def prompt_format_mismatch(
+    recorded: Mapping[str, Any],
+    prompt_format: PromptFormat,
+    options: tuple[str, str] = SEA_PROMPT_OPTIONS,
+) -> str | None:
     """How the prompt format an editor's metadata records (``chat_template``,
     ``system_prompt``: :meth:`~spectral_edit.demos.prompts.PromptFormat.record`) differs
-    from ``prompt_format``, in words; ``None`` if they agree or nothing is recorded
-    (editors of earlier releases, baselines)."""
+    from ``prompt_format``, in words naming ``options`` (the tool's template and system
+    prompt options); ``None`` if they agree or nothing is recorded (editors of earlier
+    releases)."""
     fitted = recorded.get("chat_template")
     if not isinstance(fitted, str):
         return None
+    template, system = options
     current = prompt_format.record()
     if fitted == current["chat_template"]:
         if recorded.get("system_prompt") == current["system_prompt"]:
             return None
-        return "another --system-prompt than the one it was fitted with"
+        return f"another {system} than the one it was fitted with"
     if fitted == NO_TEMPLATE:
-        return "a chat template (--chat-template), but it was fitted on plain prompts"
+        return f"a chat template ({template}), but it was fitted on plain prompts"
     if current["chat_template"] == NO_TEMPLATE:
-        return "plain prompts, but it was fitted under a chat template: pass --chat-template"
+        return f"plain prompts, but it was fitted under a chat template: pass {template}"
     return "another chat template than the one it was fitted under (another tokenizer)"
 
 
 def warn_if_other_prompt_format(
-    source: object, metadata: Mapping[str, Any], prompt_format: PromptFormat
+    source: object,
+    metadata: Mapping[str, Any],
+    prompt_format: PromptFormat,
+    options: tuple[str, str] = SEA_PROMPT_OPTIONS,
 ) -> None:
     """Warn (:class:`EditorPromptWarning`) when the editor ``source`` names is used in
-    another prompt format than the one its metadata records (:func:`prompt_format_mismatch`)."""
-    found = prompt_format_mismatch(metadata, prompt_format)
+    another prompt format than the one its metadata records (:func:`prompt_format_mismatch`,
+    naming ``options``)."""
+    found = prompt_format_mismatch(metadata, prompt_format, options)
     if found:
         warnings.warn(
             f"{source}: the editor is used with {found}; the edit was fitted on other "

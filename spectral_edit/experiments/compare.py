@@ -41,6 +41,7 @@ from ..data.control import load_control_task
 from ..data.truthfulqa import MCQuestion
 from ..demos.activations import DemoActivations
 from ..demos.format import Demonstration
+from ..demos.prompts import PLAIN, PromptFormat
 from ..evaluate.control import evaluate_control
 from ..evaluate.harm import HarmReference, build_harm_reference, evaluate_harm, harm_prompts
 from ..evaluate.harm import neutral_texts as load_neutral_texts
@@ -108,7 +109,7 @@ class _HarmBaseline:
                 self.ctx.model,
                 self.ctx.tokenizer,
                 texts=self.texts,
-                prompts=harm_prompts(self.questions),
+                prompts=harm_prompts(self.questions, prompt_format=self.ctx.prompt_format),
                 max_tokens=o.harm_max_tokens,
                 gen_tokens=o.harm_gen_tokens,
                 batch_size=min(o.batch_size, 8),
@@ -188,6 +189,7 @@ class MethodRun:
                     batch_size=options.batch_size,
                     readout=intervention.readout,
                     progress=label,
+                    prompt_format=self.ctx.prompt_format,
                 )
             uses = self.spec.uses_activations
             return Unit(
@@ -222,6 +224,7 @@ class MethodRun:
                     batch_size=options.batch_size,
                     readout=intervention.readout,
                     progress=progress,
+                    prompt_format=self.ctx.prompt_format,
                 )
             return result.summary
 
@@ -255,7 +258,12 @@ class MethodRun:
         def measure() -> dict[str, Any]:
             intervention, _ = self.intervention(setting)
             timing = measure_overhead(
-                self.ctx.model, self.ctx.tokenizer, intervention, questions, batch_size
+                self.ctx.model,
+                self.ctx.tokenizer,
+                intervention,
+                questions,
+                batch_size,
+                self.ctx.prompt_format,
             )
             return timing.to_json()
 
@@ -307,10 +315,13 @@ def run_compare(
     registry: Mapping[str, MethodSpec[Any]] = METHODS,
     echo: Callable[[str], None] = print,
     progress: bool = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> CompareReport:
     """Run the comparison; write ``report.json``, ``report.md`` and the plot into ``out``.
 
     ``folds``: the TruthfulQA questions of fold 1 and fold 2 (already cut to size).
+    ``prompt_format``: plain prompts or a chat template, for every method's
+    demonstrations and every evaluation alike (in every unit's key and in the report).
     ``echo``: where the progress messages go. Returns the report.
 
     Raises:
@@ -336,6 +347,7 @@ def run_compare(
             registry,
             echo,
             progress,
+            prompt_format,
         )
 
 
@@ -351,6 +363,7 @@ def _run_compare(
     registry: Mapping[str, MethodSpec[Any]],
     echo: Callable[[str], None],
     progress: bool,
+    prompt_format: PromptFormat,
 ) -> CompareReport:
     """:func:`run_compare` in the folder ``out``, which this process holds."""
     demos_key = options_key({"demos": content_key(demos), "model": model_key(model, model_name)})
@@ -360,7 +373,7 @@ def _run_compare(
         for k, v in asdict(options).items()
         if k not in ("both_directions", "overhead_questions", *HARM_OPTIONS)
     }
-    base_key = {**chosen, "demos": demos_key, "methods": None}
+    base_key = {**chosen, "demos": demos_key, "methods": None, **prompt_format.key()}
     shared = SharedActivations(Store(out), {**base_key, "capture": "all-layers"})
     ctx = FitContext(
         model,
@@ -370,6 +383,7 @@ def _run_compare(
         batch_size=min(options.batch_size, 8),
         seed=options.seed,
         progress=progress,
+        prompt_format=prompt_format,
     )
     if any(registry[name].uses_activations for name in options.methods):
         shared.load_into(ctx)
@@ -397,9 +411,15 @@ def _run_compare(
             methods[name] = MethodFailure(message)
         shared.keep(ctx)  # where another method captured them on its own
     sizes = {f: len(q) for f, q in folds.items()}
-    tokens = {fold: tokens_processed(tokenizer, qs) for fold, qs in folds.items()}
+    tokens = {fold: tokens_processed(tokenizer, qs, prompt_format) for fold, qs in folds.items()}
     report = CompareReport(
-        shareable_name(model_name), options, sizes, tokens, methods, ctx.capture_seconds
+        shareable_name(model_name),
+        options,
+        sizes,
+        tokens,
+        methods,
+        ctx.capture_seconds,
+        prompt_format.record(),
     )
     report.write(out, echo)
     return report

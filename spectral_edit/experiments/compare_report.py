@@ -4,11 +4,12 @@ its files (``report.json``, ``report.md``, ``truthfulness_vs_control.png``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..demos.prompts import PLAIN, describe_prompts
 from ..util.atomic import atomic_write_text
 from ..util.extras import MissingExtraError
 from ..util.report import fmt, markdown_table, write_json
@@ -39,7 +40,9 @@ PLOT = "truthfulness_vs_control.png"
 @dataclass(frozen=True)
 class CompareReport:
     """One comparison: ``sizes`` and ``tokens`` (scored tokens) per fold, each method's
-    result or failure in the order run, and the seconds the shared capture took."""
+    result or failure in the order run, the seconds the shared capture took, and the
+    prompts every method and evaluation used (:meth:`~spectral_edit.demos.prompts.
+    PromptFormat.record`)."""
 
     model: str
     options: CompareOptions
@@ -47,6 +50,7 @@ class CompareReport:
     tokens: Mapping[int, int]
     methods: Mapping[str, MethodResult | MethodFailure]
     capture_seconds: float
+    prompts: Mapping[str, Any] = field(default_factory=PLAIN.record)
 
     @cached_property
     def summaries(self) -> dict[str, MethodSummary]:
@@ -77,6 +81,7 @@ class CompareReport:
             "tokens_scored": dict(self.tokens),
             "methods": rows,
             "capture_seconds": self.capture_seconds,
+            "prompts": dict(self.prompts),
         }
 
     def table(self) -> Table:
@@ -129,6 +134,8 @@ class CompareReport:
             f"{o.harm_qa_prompts} TruthfulQA prompts and the open prompts (at most "
             f"{o.harm_gen_tokens} new tokens): repeated 4-grams (percent) and the unedited "
             "model's perplexity of the generated text.",
+            "",
+            f"Prompts: {describe_prompts(self.prompts)}.",
             "",
             self.table().markdown(),
             "## Selected settings",

@@ -30,6 +30,7 @@ from ..data.locate import resolve
 from ..data.splits import truthfulqa_questions
 from ..demos.builders import PAPER_SEED, halueval_demos
 from ..demos.format import Demonstration, read_demos, write_demos
+from ..demos.prompts import PLAIN, PromptFormat, chat_format
 from ..editors.sea import SpectralEditor
 from ..evaluate.truthfulqa import evaluate_truthfulqa
 from ..hf.layers import find_decoder_layers, parse_layers
@@ -62,6 +63,7 @@ def load_truthfulness_demos(
     echo: Echo = print,
     *,
     fallback: bool = True,
+    prompt_format: PromptFormat = PLAIN,
 ) -> TruthfulnessDemos:
     """``n_demos`` HaluEval demonstrations (the one-turn file, then the multi-turn file's
     items for N > 500), each file shuffled with ``seed``.
@@ -69,6 +71,8 @@ def load_truthfulness_demos(
     Where HaluEval is not available: with ``fallback``, the shipped hand-written file
     (``echo`` says so); without, the :class:`DataFileMissing` error (also for a missing
     multi-turn file when it is needed). ``n_demos`` must be ``>= 1`` (``ValueError``).
+    HaluEval demonstrations are built in ``prompt_format``; the shipped ones are plain
+    (a capture adopts their prompts into a chat template).
     """
     check_count("n_demos", n_demos)
     try:
@@ -83,7 +87,7 @@ def load_truthfulness_demos(
         )
         demos = read_demos(shipped_demos_path())[:n_demos]
         return TruthfulnessDemos(demos, f"shipped hand-written file ({len(demos)} pairs)")
-    demos = halueval_demos(one, limit=n_demos, seed=seed)
+    demos = halueval_demos(one, limit=n_demos, seed=seed, prompt_format=prompt_format)
     source = f"HaluEval QA one-turn ({len(demos)} of {len(one)} items, seed {seed})"
     if n_demos > len(one):
         try:
@@ -92,7 +96,9 @@ def load_truthfulness_demos(
             if not fallback:
                 raise
             multi = []
-        extra = halueval_demos(multi, limit=n_demos - len(demos), seed=seed)
+        extra = halueval_demos(
+            multi, limit=n_demos - len(demos), seed=seed, prompt_format=prompt_format
+        )
         demos += extra
         source += f" + multi-turn ({len(extra)} items; same questions, other hallucinations)"
     return TruthfulnessDemos(demos, source)
@@ -112,8 +118,13 @@ def truthfulness_demo(
     dtype: str | None = None,
     device_map: str | None = None,
     echo: Echo = print,
+    chat_template: bool = False,
+    system_prompt: str | None = None,
 ) -> DemoReport:
     """The main job; results go to ``out_dir`` (report.md, report.json, per-question files).
+
+    ``chat_template``: build the demonstrations, fit and evaluate through the model's chat
+    template (with ``system_prompt``), recorded in the editor and in every stage's key.
 
     ``options``: the SEA fit. Stages (each resumable): demonstrations, editor fit,
     unedited and edited evaluation. ``echo`` gets the progress messages; the returned
@@ -123,12 +134,15 @@ def truthfulness_demo(
         FolderInUse: another run holds ``out_dir``.
         OutputError: ``out_dir`` cannot be written.
         ValueError: ``n_demos``/``batch_size`` below 1 or ``limit`` below 1 (``None`` = all),
-            checked before anything runs; a layer spec the model lacks, checked before
-            the fit.
+            or ``system_prompt`` without ``chat_template``, checked before anything runs;
+            a layer spec the model lacks, checked before the fit.
+        ChatTemplateError: ``chat_template`` for a tokenizer without one (after loading).
     """
     check_count("n_demos", n_demos)
     check_limit("limit", limit)
     check_count("batch_size", batch_size)
+    if system_prompt is not None and not chat_template:
+        raise ValueError("system_prompt needs chat_template (a system turn is part of a chat)")
     with Store(Path(out_dir), echo).exclusive("sea demo") as store:
         return _truthfulness_demo(
             store,
@@ -143,6 +157,8 @@ def truthfulness_demo(
             dtype,
             device_map,
             echo,
+            chat_template,
+            system_prompt,
         )
 
 
@@ -159,24 +175,34 @@ def _truthfulness_demo(
     dtype: str | None,
     device_map: str | None,
     echo: Echo,
+    chat_template: bool,
+    system_prompt: str | None,
 ) -> DemoReport:
     """:func:`truthfulness_demo`'s stages, in the folder ``store`` holds."""
     from ..hf.models import load_model
     from .pipeline import fit_editor
 
     out = Path(store.folder)
-    demos, demo_source = load_truthfulness_demos(n_demos, data_dir, seed, echo)
-    demos_path = write_demos(out / "demos.jsonl", demos)
-    echo(f"demonstrations: {demo_source} → {demos_path}")
-
     started = time.perf_counter()
     model, tokenizer = load_model(model_name, dtype=dtype, device_map=device_map)
     load_seconds = time.perf_counter() - started
     echo(f"model {model_name} loaded in {load_seconds:.1f} s")
     parse_layers(options.layers, len(find_decoder_layers(model, options.layer_path)))
+    prompts = chat_format(tokenizer, system_prompt, model_name) if chat_template else PLAIN
+
+    demos, demo_source = load_truthfulness_demos(
+        n_demos, data_dir, seed, echo, prompt_format=prompts
+    )
+    demos_path = write_demos(out / "demos.jsonl", demos)
+    echo(f"demonstrations: {demo_source} → {demos_path}")
 
     model_id = model_key(model, model_name)
-    fit_options = {"model": model_id, "demos": content_key(demos), **options.to_json()}
+    fit_options = {
+        "model": model_id,
+        "demos": content_key(demos),
+        **options.to_json(),
+        **prompts.key(),
+    }
     editor_file = "editor.safetensors"
 
     def fit() -> tuple[Callable[[Path], object], dict[str, Any]]:
@@ -189,6 +215,7 @@ def _truthfulness_demo(
             batch_size=batch_size,
             progress=True,
             metadata={"demonstrations": demo_source},
+            prompt_format=prompts,
         )
         record = {"seconds": time.perf_counter() - t0, "path": editor_file}  # in the folder
         return fitted.save, record
@@ -219,7 +246,11 @@ def _truthfulness_demo(
         label = "edited" if edited else "unedited"
         with editor.apply(model) if edited else contextlib.nullcontext():
             result = evaluate_truthfulqa(
-                model, tokenizer, questions, progress=f"TruthfulQA ({label})"
+                model,
+                tokenizer,
+                questions,
+                progress=f"TruthfulQA ({label})",
+                prompt_format=prompts,
             )
         write_jsonl(out / f"truthfulqa_{label}.jsonl", result.per_question)
         return result.summary
@@ -229,6 +260,7 @@ def _truthfulness_demo(
         "mc_file": mc_file,
         "limit": limit,
         "questions": content_key(questions),
+        **prompts.key(),
     }
     unedited = store.run("eval_unedited", eval_options, lambda: evaluate(False))
     edited_key = {**eval_options, **fit_options}

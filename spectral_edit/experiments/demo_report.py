@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..demos.prompts import describe_prompts
 from ..util.atomic import atomic_write_text
 from ..util.report import RANK_HEADERS, ranks_rows, write_json
 from .table import Table
@@ -96,7 +97,7 @@ class DemoReport:
             e = self.evaluation
             lines += [
                 f"Demonstrations: {self.demonstrations}. TruthfulQA file: {e.mc_file}, "
-                f"{e.unedited['n']} questions.\n",
+                f"{e.unedited['n']} questions. Prompts: {describe_prompts(self.editor)}.\n",
                 scores.markdown(),
             ]
         lines += ["\n## Ranks per layer\n", self.ranks().markdown()]

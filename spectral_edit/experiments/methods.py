@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from ..core.options import Feature
 from ..demos.activations import DemoActivations, capture_demos
 from ..demos.format import Demonstration
+from ..demos.prompts import PLAIN, PromptFormat
 from ..editors.baselines import (
     ITIEditor,
     LeaceEditor,
@@ -71,7 +72,9 @@ class Intervention:
 class FitContext:
     """The model, the demonstrations and what several methods share: the demonstrations'
     last-token residual activations at every layer, ``captured`` on first use (or given
-    by the caller, who stored them earlier; ``capture_seconds`` is then the stored time)."""
+    by the caller, who stored them earlier; ``capture_seconds`` is then the stored time).
+    ``prompt_format``: how every method sees the demonstrations (plain prompts or a chat
+    template), the same as the evaluation's."""
 
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -81,6 +84,7 @@ class FitContext:
     layer_path: str | None = None
     seed: int = 0
     progress: bool = False
+    prompt_format: PromptFormat = PLAIN
     captured: DemoActivations | None = None
     capture_seconds: float = 0.0
 
@@ -108,6 +112,7 @@ class FitContext:
                 batch_size=self.batch_size,
                 layer_path=self.layer_path,
                 progress=self.progress,
+                prompt_format=self.prompt_format,
             )
             self.capture_seconds = time.perf_counter() - started
         return self.captured
@@ -191,6 +196,7 @@ def _prepare_iti(ctx: FitContext) -> ITIEditor:
         batch_size=ctx.batch_size,
         layer_path=ctx.layer_path,
         progress=ctx.progress,
+        prompt_format=ctx.prompt_format,
     )
 
 
@@ -207,6 +213,7 @@ def _prepare_lora(ctx: FitContext) -> LoRAEditor:
         seed=ctx.seed,
         layer_path=ctx.layer_path,
         progress=ctx.progress,
+        prompt_format=ctx.prompt_format,
     )
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data.truthfulqa import QA_PRIMER, MCQuestion
-from ..demos.prompts import qa_prompt
+from ..demos.prompts import PLAIN, PromptFormat, qa_prompt
 from ..evaluate.truthfulqa import evaluate_truthfulqa
 from ..hf.tokens import encode, encode_pair
 from .methods import Intervention
@@ -21,17 +21,26 @@ OVERHEAD_REPEATS = 2
 """Each timing is the fastest of this many runs."""
 
 
-def tokens_processed(tokenizer: PreTrainedTokenizerBase, questions: Sequence[MCQuestion]) -> int:
-    """Tokens the scorer runs for these questions beyond the shared primer: each
+def tokens_processed(
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[MCQuestion],
+    prompt_format: PromptFormat = PLAIN,
+) -> int:
+    """Tokens the scorer runs for these questions (in ``prompt_format``) beyond the
+    shared prefix (the primer, or the template's text before the user turn): each
     question's own context tokens once, plus every answer's tokens."""
-    primer = len(encode(tokenizer, QA_PRIMER))
+    shared = prompt_format.shared_prefix(QA_PRIMER)
+    prefix = len(encode(tokenizer, shared)) if shared else 0
     total = 0
     for q in questions:
-        prompt = qa_prompt(q.question)
+        prompt = qa_prompt(q.question, prompt_format)
         answers = dict.fromkeys((*q.mc1_answers, *q.mc2_answers))
-        context, _ = encode_pair(tokenizer, prompt, " x")
-        total += max(len(context) - primer, 0)
-        total += sum(len(encode_pair(tokenizer, prompt, " " + a)[1]) for a in answers)
+        context, _ = encode_pair(tokenizer, prompt, prompt_format.continuation(" x"))
+        total += max(len(context) - prefix, 0)
+        total += sum(
+            len(encode_pair(tokenizer, prompt, prompt_format.continuation(" " + a))[1])
+            for a in answers
+        )
     return total
 
 
@@ -74,15 +83,21 @@ def measure_overhead(
     intervention: Intervention,
     questions: Sequence[MCQuestion],
     batch_size: int,
+    prompt_format: PromptFormat = PLAIN,
 ) -> OverheadTiming:
-    """Time ``questions`` unedited and under ``intervention``, alternately, the fastest of
-    :data:`OVERHEAD_REPEATS` runs each."""
+    """Time ``questions`` (in ``prompt_format``) unedited and under ``intervention``,
+    alternately, the fastest of :data:`OVERHEAD_REPEATS` runs each."""
 
     def timed(chosen: Intervention) -> float:
         started = time.perf_counter()
         with chosen.applied(model):
             evaluate_truthfulqa(
-                model, tokenizer, questions, batch_size=batch_size, readout=chosen.readout
+                model,
+                tokenizer,
+                questions,
+                batch_size=batch_size,
+                readout=chosen.readout,
+                prompt_format=prompt_format,
             )
         return time.perf_counter() - started
 
@@ -90,6 +105,5 @@ def measure_overhead(
     for _ in range(OVERHEAD_REPEATS):
         plain.append(timed(Intervention()))
         edited.append(timed(intervention))
-    return OverheadTiming(
-        len(questions), tokens_processed(tokenizer, questions), min(plain), min(edited)
-    )
+    tokens = tokens_processed(tokenizer, questions, prompt_format)
+    return OverheadTiming(len(questions), tokens, min(plain), min(edited))

@@ -44,6 +44,7 @@ from transformers import PreTrainedTokenizerBase
 from ..core.options import Feature, check_count
 from ..data.control import load_control_task
 from ..demos.format import Demonstration
+from ..demos.prompts import PLAIN, PromptFormat
 from ..evaluate.control import evaluate_control
 from ..evaluate.harm import neutral_texts
 from ..evaluate.kl import build_kl_reference, measure_kl
@@ -230,6 +231,7 @@ class _Tuner:
     data_dir: str | Path | None
     echo: Callable[[str], None]
     progress: bool
+    prompt_format: PromptFormat = PLAIN
     references: dict[Part, Any] = field(default_factory=dict)
     baseline: Baseline | None = None
     control_key: str = ""
@@ -255,6 +257,7 @@ class _Tuner:
                 "items": self.control_key,
             },
             "batch_size": o.batch_size,
+            **self.prompt_format.key(),
         }
         if kl:
             key["kl"] = {**self.meter.key, "texts": content_key(self.texts[part])}
@@ -271,6 +274,7 @@ class _Tuner:
                 readout=intervention.readout,
                 batch_size=o.batch_size,
                 progress=label if self.progress else False,
+                prompt_format=self.prompt_format,
             )
             control = evaluate_control(
                 self.model,
@@ -282,6 +286,7 @@ class _Tuner:
                 batch_size=o.batch_size,
                 readout=intervention.readout,
                 progress=self.progress,
+                prompt_format=self.prompt_format,
             )
         return {"target": target, "control": control.summary}
 
@@ -415,9 +420,14 @@ def run_tune(
     kl: KLMeter | None = None,
     echo: Callable[[str], None] = print,
     progress: bool = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> TuneReport:
     """Run the calibration (module docstring); write ``report.json``, ``report.md`` and
     ``pareto.png`` into ``out``; return the report.
+
+    ``prompt_format``: plain prompts or a chat template, for every method's demonstrations
+    and every target and control evaluation (KL reads neutral text as it is); in every
+    unit's key and in the report.
 
     ``texts``: at least ``2·options.kl_texts`` neutral texts (the first m tune, the next m
     report; :func:`load_kl_texts`). ``configs``: each method's configurations.
@@ -449,6 +459,7 @@ def run_tune(
             kl,
             echo,
             progress,
+            prompt_format,
         )
 
 
@@ -468,6 +479,7 @@ def _run_tune(
     kl: KLMeter | None,
     echo: Callable[[str], None],
     progress: bool,
+    prompt_format: PromptFormat,
 ) -> TuneReport:
     """:func:`run_tune` in the folder ``out``, which this process holds."""
     m = options.kl_texts
@@ -505,6 +517,7 @@ def _run_tune(
         data_dir,
         echo,
         progress,
+        prompt_format,
         control_key=control_data_key(options.control_tasks, data_dir),
     )
     model_id = {"model": model_key(model, model_name)}
@@ -519,6 +532,7 @@ def _run_tune(
             "neutral": options.neutral,
             "batch_size": capture_batch,
             "capture": "all-layers",
+            **prompt_format.key(),
         },
     )
     ctx = FitContext(
@@ -529,6 +543,7 @@ def _run_tune(
         batch_size=capture_batch,
         seed=options.seed,
         progress=progress,
+        prompt_format=prompt_format,
     )
     if any(registry[n].uses_activations for n in names):
         shared.load_into(ctx)
@@ -545,6 +560,7 @@ def _run_tune(
             "seed": options.seed,
             "method": spec.name,
             "description": spec.description,
+            **prompt_format.key(),
         }
         run = MethodRun(spec, ctx, units, method_key)
         try:
@@ -575,6 +591,7 @@ def _run_tune(
         results,
         skipped,
         demos_source,
+        prompt_format.record(),
     )
     report.write(out, echo)
     return report

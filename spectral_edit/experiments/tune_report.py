@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..demos.prompts import PLAIN, describe_prompts
 from ..util.atomic import atomic_write_text
 from ..util.extras import MissingExtraError
 from ..util.report import markdown_table, write_json
@@ -38,7 +39,8 @@ class TuneReport:
     result or failure in the order run, the budget in force (the options' and the
     target's own limits), the methods left out and why (``skipped``), and
     where the demonstrations came from. ``baseline_value``: the unedited model's tuning
-    value (the gains' zero)."""
+    value (the gains' zero). ``prompts``: the prompt format of the demonstrations and every
+    evaluation (:meth:`~spectral_edit.demos.prompts.PromptFormat.record`)."""
 
     model: str
     options: TuneOptions
@@ -52,6 +54,7 @@ class TuneReport:
     methods: Mapping[str, MethodTune | MethodFailure]
     skipped: Mapping[str, str]
     demos: str = ""
+    prompts: Mapping[str, Any] = field(default_factory=PLAIN.record)
 
     @property
     def failed(self) -> list[str]:
@@ -159,6 +162,7 @@ class TuneReport:
             },
             "methods": {name: result.to_json() for name, result in self.methods.items()},
             "skipped": dict(self.skipped),
+            "prompts": dict(self.prompts),
         }
 
     def _budget_text(self) -> str:
@@ -195,6 +199,7 @@ class TuneReport:
         ]
         if self.demos:
             lines += [f"Demonstrations: {self.demos}.", ""]
+        lines += [f"Prompts: {describe_prompts(self.prompts)}.", ""]
         lines += [self.table().markdown()]
         for name, why in self.skipped.items():
             lines.append(f"- {name}: not tuned ({why})")

@@ -30,6 +30,7 @@ from ..data.splits import bbq_group_key, bbq_split, truthfulqa_folds
 from ..data.truthfulqa import MCQuestion
 from ..demos.builders import bbq_demos
 from ..demos.format import Demonstration, read_demos
+from ..demos.prompts import PLAIN, PromptFormat
 from ..evaluate.bbq import evaluate_bbq
 from ..evaluate.metrics.common import percent
 from ..evaluate.metrics.multiple_choice import tuning_criterion
@@ -85,8 +86,10 @@ class Target(Protocol):
         readout: Readout = FINAL,
         batch_size: int = 16,
         progress: bool | str = False,
+        prompt_format: PromptFormat = PLAIN,
     ) -> dict[str, Any]:
-        """The summary of the part under whatever edit is applied to ``model``."""
+        """The summary of the part (prompts in ``prompt_format``) under whatever edit is
+        applied to ``model``."""
         ...
 
     def value(self, summary: Mapping[str, Any]) -> float:
@@ -127,6 +130,7 @@ class TruthfulQATarget:
         readout: Readout = FINAL,
         batch_size: int = 16,
         progress: bool | str = False,
+        prompt_format: PromptFormat = PLAIN,
     ) -> dict[str, Any]:
         result = evaluate_truthfulqa(
             model,
@@ -135,6 +139,7 @@ class TruthfulQATarget:
             batch_size=batch_size,
             readout=readout,
             progress=progress,
+            prompt_format=prompt_format,
         )
         return dict(result.summary)
 
@@ -193,11 +198,17 @@ class BBQTarget:
         readout: Readout = FINAL,
         batch_size: int = 16,
         progress: bool | str = False,
+        prompt_format: PromptFormat = PLAIN,
     ) -> dict[str, Any]:
         if not isinstance(readout, FinalLayerReadout):
             raise ValueError("the BBQ target scores with the model's own head only")
         result = evaluate_bbq(
-            model, tokenizer, self._items(part), batch_size=batch_size, progress=progress
+            model,
+            tokenizer,
+            self._items(part),
+            batch_size=batch_size,
+            progress=progress,
+            prompt_format=prompt_format,
         )
         ambig = result.summary["overall"]["ambig"]
         return {
@@ -265,12 +276,15 @@ def load_tune_data(
     data_dir: str | Path | None = None,
     seed: int = 0,
     echo: Callable[[str], None] = print,
+    prompt_format: PromptFormat = PLAIN,
 ) -> TuneData:
     """The data of ``sea tune``: for ``truthfulqa``, the demonstrations of ``sea compare``
     (``demos_file``, else ``n_demos`` HaluEval ones) and the first ``per_fold`` questions
     of TruthfulQA folds 1 (tuning) and 2 (report); for ``bbq``, ``n_demos`` BBQ
     demonstrations (``sea demos bbq --n N --seed S``, unless ``demos_file``) and
-    ``per_fold`` held-out items per part (:func:`split_bbq_tuning`).
+    ``per_fold`` held-out items per part (:func:`split_bbq_tuning`). Demonstrations built
+    here are built in ``prompt_format``; a ``demos_file``'s prompts are adopted into it
+    at capture.
 
     Raises:
         ValueError: an unknown target; DataFileMissing / DataFormatError from loading.
@@ -280,7 +294,9 @@ def load_tune_data(
         if demos_file is not None:
             demos, source = read_demos(demos_file), str(demos_file)
         else:
-            found = load_truthfulness_demos(n_demos, data_dir, seed, echo)
+            found = load_truthfulness_demos(
+                n_demos, data_dir, seed, echo, prompt_format=prompt_format
+            )
             demos, source = found.demos, found.source
         return TuneData(demos, TruthfulQATarget(tuple(folds[1]), tuple(folds[2])), source)
     if target == "bbq":
@@ -289,7 +305,7 @@ def load_tune_data(
         if demos_file is not None:
             demos, source = read_demos(demos_file), str(demos_file)
         else:
-            demos = bbq_demos(demo_items, seed=seed)
+            demos = bbq_demos(demo_items, seed=seed, prompt_format=prompt_format)
             source = f"BBQ ({len(demos)} disambiguated items, seed {seed})"
         return TuneData(demos, BBQTarget(tuple(tune), tuple(report)), source)
     raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")

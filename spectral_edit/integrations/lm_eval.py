@@ -30,7 +30,13 @@ Invariants:
   model on the same weights;
 - editors restricted to some positions (SEA ``positions`` ``answer`` / ``generated``) are
   refused: lm-eval's batches do not carry each sequence's prompt boundary, so such an
-  edit could not act where it was fitted to (:class:`UnsupportedEditorError`).
+  edit could not act where it was fitted to (:class:`UnsupportedEditorError`);
+- an editor that records the prompt format it was fitted in (``sea fit
+  --chat-template``) is checked against lm-eval's at the first request: lm-eval's
+  ``--apply_chat_template`` / ``--system_instruction`` (seen through
+  :meth:`SpectralEditLM.apply_chat_template`) against the editor's template and system
+  prompt; a mismatch is an :class:`~spectral_edit.editors.file_format.EditorPromptWarning`
+  naming lm-eval's options.
 
 Needs the ``lmeval`` extra (``pip install 'spectral-edit[lmeval]'``).
 """
@@ -50,7 +56,9 @@ import torch
 from torch import nn
 
 from ..core.options import Positions
+from ..demos.prompts import PLAIN, ChatTemplateError, PromptFormat, chat_format
 from ..editors.base import Editor
+from ..editors.file_format import warn_if_other_prompt_format
 from ..editors.registry import load_editor
 from ..hf.model_names import DEFAULT_MODEL
 from ..hf.models import load_model
@@ -85,6 +93,9 @@ LOADER_ONLY_ARGS = (
 loaded by :func:`~spectral_edit.hf.models.load_model`, so giving one is refused rather
 than silently ignored."""
 
+LM_EVAL_PROMPT_OPTIONS = ("--apply_chat_template", "--system_instruction")
+"""How lm-eval's command names the chat template and the system prompt."""
+
 _log = logging.getLogger(__name__)
 
 
@@ -112,6 +123,13 @@ def check_editor_positions(editor: Editor, source: str) -> None:
     )
 
 
+def source_of(editor: str | Path | Editor | None) -> str:
+    """How messages name the editor: its file or reference, or its type."""
+    if editor is None or isinstance(editor, (str, Path)):
+        return str(editor)
+    return f"editor {type(editor).__name__}"
+
+
 def _resolve_editor(
     editor: str | Path | Editor | None, alpha: float | None, model: nn.Module
 ) -> Editor | None:
@@ -121,12 +139,11 @@ def _resolve_editor(
         if alpha is not None:
             raise ValueError(f"alpha={alpha!r} was given without an editor to apply it to")
         return None
+    source = source_of(editor)
     if isinstance(editor, Editor):
         editor.check_model(model)
-        source = f"editor {type(editor).__name__}"
     else:
-        source = str(editor)  # a file, or any reference load_editor accepts
-        editor = load_editor(source, model)
+        editor = load_editor(source, model)  # a file, or any reference load_editor accepts
     if alpha is not None:
         editor = editor.with_options(alpha=float(alpha))
     check_editor_positions(editor, source)
@@ -217,11 +234,47 @@ class SpectralEditLM(HFLM):
         resolved = _resolve_editor(editor, alpha, model)
         super().__init__(pretrained=model, tokenizer=tokenizer, **kwargs)
         self.editor: Editor | None = resolved
+        self.editor_source = source_of(editor)
+        self._chat_system: tuple[str | None] | None = None  # (system turn,) once templated
+        self._format_checked = False
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """lm-eval's chat templating (``--apply_chat_template``), noting that it is used and
+        with which system turn (``--system_instruction``), for the prompt-format check."""
+        system = next((t["content"] for t in chat_history if t.get("role") == "system"), None)
+        self._chat_system = (system,)
+        return str(super().apply_chat_template(chat_history, add_generation_prompt))
+
+    def prompt_format(self) -> PromptFormat:
+        """The prompt format lm-eval's requests have been built in so far: plain, or the
+        tokenizer's chat template with the system turn seen."""
+        if self._chat_system is None:
+            return PLAIN
+        try:
+            return chat_format(self.tokenizer, self._chat_system[0])
+        except ChatTemplateError:  # lm-eval templated with something we cannot name
+            return PLAIN
+
+    def _check_prompt_format(self) -> None:
+        """Warn once, at the first request, when the editor was fitted in another prompt
+        format than lm-eval's requests are in."""
+        if self._format_checked or self.editor is None:
+            return
+        self._format_checked = True
+        warn_if_other_prompt_format(
+            self.editor_source,
+            getattr(self.editor, "metadata", {}),
+            self.prompt_format(),
+            LM_EVAL_PROMPT_OPTIONS,
+        )
 
     @contextmanager
     def edited(self) -> Iterator[nn.Module]:
         """The model under the editor inside the block (unedited without one); the hooks
         are removed on exit, also after an exception."""
+        self._check_prompt_format()
         with nullcontext(self.model) if self.editor is None else self.editor.apply(self.model):
             yield self.model
 

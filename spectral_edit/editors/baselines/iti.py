@@ -34,6 +34,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ...demos.format import Demonstration
+from ...demos.prompts import PLAIN, PromptFormat
 from ...hf.hooks import HookHandle
 from ...hf.layers import attention_head_shape, find_decoder_layers, hidden_size_of, parse_layers
 from ..base import EditorBase
@@ -170,8 +171,10 @@ class ITIEditor(EditorBase):
         layer_path: str | None = None,
         attn_path: str | None = None,
         progress: bool = False,
+        prompt_format: PromptFormat = PLAIN,
     ) -> ITIEditor:
-        """Capture the head activations of ``demos`` in ``model`` and :meth:`fit` on them.
+        """Capture the head activations of ``demos`` in ``model`` (in ``prompt_format``,
+        recorded in the metadata) and :meth:`fit` on them.
 
         ``layers``: any :func:`~spectral_edit.hf.layers.parse_layers` spec (default: all).
         """
@@ -187,6 +190,7 @@ class ITIEditor(EditorBase):
             batch_size=batch_size,
             layer_path=layer_path,
             progress=progress,
+            prompt_format=prompt_format,
         )
         return cls.fit(
             positive,
@@ -203,6 +207,7 @@ class ITIEditor(EditorBase):
             C=C,
             layer_path=layer_path,
             attn_path=attn_path,
+            metadata=prompt_format.record(),
         )
 
     def with_options(self, *, alpha: float | None = None, top_k: int | None = None) -> ITIEditor:

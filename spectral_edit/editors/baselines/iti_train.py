@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ...demos.format import Demonstration
-from ...demos.prompts import answer_text
+from ...demos.prompts import PLAIN, PromptFormat
 from ...hf.capture import capture_modules
 from ...hf.layers import attention_output_modules, linear_dims
 from .common import activation_pair
@@ -92,18 +92,20 @@ def head_activations(
     batch_size: int = 8,
     layer_path: str | None = None,
     progress: bool = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``(N, L, H·hd)`` inputs of the attention output projections ``modules`` (layer
     → module, see :func:`head_projections`) at the last token of ``prompt + positive``
-    and of ``prompt + negative``, for every demonstration."""
-    prompts = [demo.prompt for demo in demos]
+    and of ``prompt + negative``, for every demonstration, in ``prompt_format`` (prompts
+    adopted into it, answers its continuations: as SEA's capture puts them)."""
+    prompts = [prompt_format.adopt(demo.prompt) for demo in demos]
 
     def capture(kind: str, answers: list[str]) -> torch.Tensor:
         return capture_modules(
             model,
             tokenizer,
             prompts,
-            [answer_text(answer) for answer in answers],
+            [prompt_format.answer(answer) for answer in answers],
             modules=modules,
             on="input",
             batch_size=batch_size,

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ...demos.format import Demonstration
+from ...demos.prompts import PLAIN, PromptFormat
 from ...hf.hooks import HookHandle
 from ...hf.layers import find_decoder_layers, hidden_size_of, linear_dims
 from ..base import EditorBase
@@ -110,12 +111,14 @@ class LoRAEditor(EditorBase):
         seed: int = 0,
         layer_path: str | None = None,
         progress: bool | str = False,
+        prompt_format: PromptFormat = PLAIN,
     ) -> LoRAEditor:
         """Fine-tune LoRA adapters on the positive answers (see :func:`train_lora_copy`)
         on a copy of ``model`` and export them; ``model`` is left unchanged.
 
         ``targets``: module names inside a decoder layer (default: the attention query
         and value projections); ``layers``: decoder layers to adapt (default: all).
+        ``prompt_format``: plain prompts or a chat template (recorded, like SEA's).
         ``metadata`` records the settings, the per-step training loss and the seconds.
         """
         modules = lora_target_modules(model, targets=targets, layers=layers, layer_path=layer_path)
@@ -132,6 +135,7 @@ class LoRAEditor(EditorBase):
             batch_size=batch_size,
             seed=seed,
             progress=progress,
+            prompt_format=prompt_format,
         )
         seconds = time.perf_counter() - start
         metadata = {
@@ -144,6 +148,7 @@ class LoRAEditor(EditorBase):
             "seed": seed,
             "loss_curve": losses,
             "train_seconds": seconds,
+            **prompt_format.record(),
         }
         return cls.from_peft(peft_model, modules, layer_path=layer_path, metadata=metadata)
 

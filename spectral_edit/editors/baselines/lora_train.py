@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from ...demos.format import Demonstration
-from ...demos.prompts import answer_text
+from ...demos.prompts import PLAIN, PromptFormat
 from ...hf.heads import decoder_and_head, lm_head_logits
 from ...hf.layers import find_decoder_layers, linear_dims, parse_layers
 from ...hf.tokens import encode_pair, input_device, model_inputs, pad_batch, pad_id_of
@@ -124,14 +124,20 @@ def lora_target_modules(
 
 
 def answer_example(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    answer: str,
+    prompt_format: PromptFormat = PLAIN,
 ) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` of ``prompt + answer_text(answer)``, both of length T.
+    """``(input_ids, labels)`` of ``prompt`` and ``answer`` in ``prompt_format`` (the
+    prompt adopted into it, then the answer's continuation: for plain prompts
+    ``prompt + answer_text(answer)``), both of length T.
 
     Tokenised with :func:`~spectral_edit.hf.tokens.encode_pair` (the scoring rule); labels
     are ``IGNORE_INDEX`` on the prompt's tokens and the token ids on the answer's.
     """
-    context, continuation = encode_pair(tokenizer, prompt, answer_text(answer))
+    prompt = prompt_format.adopt(prompt)
+    context, continuation = encode_pair(tokenizer, prompt, prompt_format.answer(answer))
     if not continuation:
         raise ValueError(f"answer {answer!r} adds no tokens to prompt {prompt!r}")
     return context + continuation, [IGNORE_INDEX] * len(context) + continuation
@@ -189,10 +195,11 @@ def positive_answer_loss(
     demos: Sequence[Demonstration],
     *,
     batch_size: int = 8,
+    prompt_format: PromptFormat = PLAIN,
 ) -> float:
     """Mean per-token negative log-likelihood of the demonstrations' positive answers
     given their prompts (the quantity :meth:`LoRAEditor.train` minimises)."""
-    examples = [answer_example(tokenizer, d.prompt, d.positive) for d in demos]
+    examples = [answer_example(tokenizer, d.prompt, d.positive, prompt_format) for d in demos]
     pad_id = pad_id_of(tokenizer)
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
@@ -254,12 +261,15 @@ def train_lora_copy(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool | str = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> tuple[PeftModel, list[float]]:
     """Fine-tune LoRA adapters on ``modules`` of a float32 deep copy of ``model``.
 
     AdamW for ``steps`` optimizer steps over seeded shuffled minibatches of the positive
     answers (loss on answer tokens only); the copy stays in eval mode (no dropout) so
     training is deterministic given ``seed``. ``model`` itself is not modified (checked).
+    ``prompt_format``: the demonstrations' prompts and answers as the scorer sees them
+    (plain, or a chat template: :func:`answer_example`).
 
     Returns the trained ``peft`` model (wrapping the copy) and the per-step losses.
     """
@@ -268,7 +278,7 @@ def train_lora_copy(
         raise ValueError("LoRA training needs at least one demonstration")
     if steps < 1 or batch_size < 1 or rank < 1:
         raise ValueError("steps, batch_size and rank must be positive")
-    examples = [answer_example(tokenizer, d.prompt, d.positive) for d in demos]
+    examples = [answer_example(tokenizer, d.prompt, d.positive, prompt_format) for d in demos]
     pad_id = pad_id_of(tokenizer)
     before, was_training = _parameter_state(model), model.training
 
