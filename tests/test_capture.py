@@ -67,6 +67,53 @@ def test_capture_matches_hidden_states(arch, side):
         torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-4)
 
 
+PRIMER = (
+    "Q: what is the first thing here?\nA: the first thing.\n\n"
+    "Q: and the second one?\nA: it is two.\n\n"
+)
+"""A few-shot primer longer than the tiny Gemma 3's sliding window (8 tokens)."""
+
+SHARED = [
+    (PRIMER + "Q: where is the cat?\nA:", " on the mat"),
+    (PRIMER + "Q: who?\nA:", " b c d e f g"),
+    (PRIMER + "Q: a question much longer than the others, with more words in it?\nA:", ""),
+    (PRIMER + "Q: x", " y"),
+]
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("token", ["last", "mean"])
+def test_a_shared_prefix_runs_once_and_changes_no_activation(arch, side, token):
+    model = make_tiny_model(arch)
+    tokenizer = make_tiny_tokenizer()
+    layers = list(range(len(find_decoder_layers(model))))
+    widths = []
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: widths.append(args[0].shape[1])
+    )
+    try:
+        got = capture(
+            model,
+            tokenizer,
+            [c for c, _ in SHARED],
+            [a for _, a in SHARED],
+            layers=layers,
+            token=token,
+            padding_side=side,
+            batch_size=3,
+        )
+    finally:
+        handle.remove()
+    primer = len(encode_pair(tokenizer, PRIMER.rstrip(), "")[0])
+    longest = max(sum(map(len, encode_pair(tokenizer, c, a))) for c, a in SHARED)
+    assert widths[0] >= primer  # the prefix pass, once
+    assert len(widths) == 3 and max(widths[1:]) <= longest - primer  # then two short batches
+    for i, (context, continuation) in enumerate(SHARED):
+        expected = _reference(model, tokenizer, context, continuation, token=token)
+        torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_capture_mean_and_subset_of_layers(arch):
     model = make_tiny_model(arch)

@@ -26,6 +26,10 @@ from ..hf.generation import generate_greedy
 from .format import Demonstration
 from .prompts import PLAIN, PromptFormat
 
+GENERATION_WIDTH = 16
+"""Neutral answers decode ``GENERATION_WIDTH × batch_size`` demonstrations together (each
+step reads the weights once, whatever the rows; the KV cache grows with them)."""
+
 
 def neutral_answers(
     model: nn.Module,
@@ -61,6 +65,7 @@ def neutral_answers(
         tokenizer,
         [demos[i].prompt for i in todo],
         batch_size=batch_size,
+        decode_batch_size=GENERATION_WIDTH * batch_size,
         max_new_tokens=max_new_tokens,
         progress="neutral answers" if progress else False,
     )

@@ -26,16 +26,8 @@ from transformers import PreTrainedTokenizerBase
 from ..core.options import check_count
 from ..hf.heads import decoder_and_head, lm_head_logits
 from ..hf.positions import prompt_boundary
-from ..hf.tokens import (
-    accepts_position_ids,
-    cache_kwargs,
-    check_length,
-    encode,
-    encode_pair,
-    input_device,
-    output_cache,
-    pad_id_of,
-)
+from ..hf.prefix import expand_cache, forward_on_cache
+from ..hf.tokens import encode, encode_pair, input_device, output_cache, pad_id_of
 from ..util.progress import progress_bar
 from .readout import FINAL, FinalLayerReadout, Readout
 
@@ -79,27 +71,14 @@ class _Runner:
     def __init__(self, model: nn.Module, readout: Readout) -> None:
         self.base, _ = decoder_and_head(model)
         self.device = input_device(model)
-        self.with_positions = accepts_position_ids(self.base)
         self.extra = readout.hidden_states
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, past, past_len: int):
         """``ids``/``mask`` ``(B, T)``; returns (features ``(B, T, 1 + K, d)``: the final
         hidden state then the readout's K extra hidden states, cache)."""
-        batch, width = ids.shape
-        check_length(self.base, past_len + width)
-        full_mask = torch.cat([torch.ones(batch, past_len, dtype=mask.dtype), mask], dim=1)
-        kwargs = {
-            "input_ids": ids.to(self.device),
-            "attention_mask": full_mask.to(self.device),
-            "use_cache": True,
-            **cache_kwargs(self.base, past),
-        }
-        if self.with_positions:
-            positions = torch.arange(past_len, past_len + width).expand(batch, width)
-            kwargs["position_ids"] = positions.to(self.device)
-        if self.extra:
-            kwargs["output_hidden_states"] = True
-        out = self.base(**kwargs)
+        out = forward_on_cache(
+            self.base, ids, mask, past, past_len, output_hidden_states=bool(self.extra)
+        )
         if not self.extra:  # a view, no copy: the common case on the hot path
             return out.last_hidden_state.unsqueeze(2), output_cache(out)
         states = [out.last_hidden_state, *(out.hidden_states[j] for j in self.extra)]
@@ -145,13 +124,6 @@ def _encode_request(tokenizer, request: ChoiceRequest) -> tuple[list[int], list[
         raise ValueError(f"a continuation of {request.context[-60:]!r} encodes to no tokens")
     context_ids = pairs[0][0] if pairs else encode_pair(tokenizer, request.context, "")[0]
     return context_ids, [target for _, target in pairs]
-
-
-def _expand(cache, repeats: int):
-    cache = copy.deepcopy(cache)
-    if cache is not None and repeats > 1:
-        cache.batch_repeat_interleave(repeats)
-    return cache
 
 
 @torch.no_grad()
@@ -256,7 +228,9 @@ def _score_packed(
             tokens = items[i][3]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        past, past_len = (_expand(prefix.cache, len(rows)), len(prefix.ids)) if kind else (None, 0)
+        past, past_len = (
+            (expand_cache(prefix.cache, len(rows)), len(prefix.ids)) if kind else (None, 0)
+        )
         with prompt_boundary([prompt_lengths[items[i][0], items[i][1]] for i in rows]):
             hidden, _ = run(ids, mask, past, past_len)
         predictors: list[torch.Tensor] = []
@@ -310,7 +284,7 @@ def _score_chunk(
         mask[row, : len(tokens)] = 1
     predictors = []
     if width > 1:
-        hidden, _ = run(ids[:, :-1], mask[:, :-1], _expand(past, len(chunk)), past_len)
+        hidden, _ = run(ids[:, :-1], mask[:, :-1], expand_cache(past, len(chunk)), past_len)
     for row, tokens in enumerate(chunk):
         rows = [last[0]]
         if len(tokens) > 1:

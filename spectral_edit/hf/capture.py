@@ -4,7 +4,9 @@ input of the attention output projection), for padded batches of texts.
 The forward pass stops right after the deepest layer that is needed (the LM head and
 later layers are never run), and each sequence's activation is read at its own last
 token (or averaged over its continuation tokens), so padding side and batch company do
-not change the result.
+not change the result. The tokens that all sequences share before the first position
+read (a QA primer, few-shot examples) run once: every batch continues from a copy of
+their KV cache (:mod:`~spectral_edit.hf.prefix`), right-padded.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from transformers import PreTrainedTokenizerBase
 
 from ..core.options import Site, Token, check_count
 from ..util.progress import progress_bar
+from .heads import decoder_and_head
 from .hooks import HookSite, hooked
 from .layers import site_modules
-from .tokens import check_length, encode_pair, model_inputs, pad_batch, pad_id_of
+from .prefix import PrefixCache, forward_on_cache, shared_prefix_length
+from .tokens import check_length, encode_pair, pad_batch, pad_id_of
 
 CaptureOn = Literal["input", "output"]
 """Where :func:`capture_modules` reads a module: its first input or its output."""
@@ -164,14 +168,24 @@ def _capture(
         (len(ctx), len(ctx) + len(cont)) if mean and cont else (len(ctx + cont) - 1,) * 2
         for ctx, cont in encoded
     ]
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', not {padding_side!r}")
+    # the tokens every sequence shares before its first read position run once
+    shared = shared_prefix_length(sequences, [start for start, _ in spans])
+    prefix = PrefixCache.build(model, sequences[0][:shared]) if shared else PrefixCache([])
+    if shared:  # after a cache, right padding keeps real tokens in consecutive slots
+        padding_side = "right"
+        spans = [(start - shared, end - shared) for start, end in spans]
+    base, _ = decoder_and_head(model)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     result: torch.Tensor | None = None
     pad = pad_id_of(tokenizer)
     bar = progress_bar(len(order), progress, "capture", "seq")
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        ids, mask, positions = pad_batch([sequences[i] for i in rows], pad, padding_side)
-        offsets = [ids.shape[1] - len(sequences[i]) if padding_side == "left" else 0 for i in rows]
+        rests = [sequences[i][shared:] for i in rows]
+        ids, mask, _ = pad_batch(rests, pad, padding_side)
+        offsets = [ids.shape[1] - len(rest) if padding_side == "left" else 0 for rest in rests]
         recorded: dict[int, torch.Tensor] = {}
 
         def record(key: int, hidden: torch.Tensor) -> None:
@@ -185,7 +199,8 @@ def _capture(
             hooked({stop_layer: deepest_site}, stop),
             contextlib.suppress(_StopForward),
         ):
-            model(**model_inputs(model, ids, mask, positions), use_cache=False)
+            past = prefix.expanded(len(rows))
+            forward_on_cache(base, ids, mask, past, len(prefix), use_cache=past is not None)
         batch = torch.stack([recorded[key] for key in keys], dim=1)
         if result is None:
             result = torch.empty((len(sequences), len(keys), batch.shape[-1]))
