@@ -36,3 +36,15 @@ def eval_crows_fixture(out: Path, model_args: list[str]) -> tuple[dict, list[dic
     summary = json.loads((out / "summary.json").read_text())
     assert summary["overall"]["n"] == len(rows) > 0
     return summary, rows
+
+
+def compare_args(model: Path, demos: Path, data_dir: Path, out: Path) -> list[Any]:
+    """A small `sea compare` run on the fixtures: no method but mean-difference steering,
+    one control task of 2 items, no harm texts, neutral = the prompt's last token."""
+    return [
+        "compare",
+        *("--model", model, "--demos", demos, "--methods", "none,mean-diff"),
+        *("--mc-file", "mc_task.json", "--data-dir", data_dir),
+        *("--control-tasks", "arc_easy", "--control-limit", "2", "--harm-texts", "0"),
+        *("--neutral", "prompt", "--out", out),
+    ]

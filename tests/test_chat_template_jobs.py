@@ -28,6 +28,7 @@ from spectral_edit.experiments.tune_results import TuneOptions
 from spectral_edit.experiments.tune_targets import TruthfulQATarget
 from spectral_edit.hf.layers import attention_head_shape
 from spectral_edit.hf.tokens import encode_pair
+from tests.cli_runs import compare_args
 from tests.failures.refusals import assert_ok, assert_refused, run_cli
 from tests.test_chat_template import TEMPLATE, by_hand, chat_model_dir  # noqa: F401 - fixture
 from tests.test_tune import TEXTS
@@ -233,32 +234,6 @@ def test_tune_scores_in_the_template(chat, tmp_path, tune_data_dir) -> None:  # 
 # --------------------------------------------------------------------------- the CLI
 
 
-def _compare_args(model: Path, demos: Path, out: Path) -> list:
-    return [
-        "compare",
-        "--model",
-        model,
-        "--demos",
-        demos,
-        "--methods",
-        "none,mean-diff",
-        "--mc-file",
-        "mc_task.json",
-        "--data-dir",
-        FIXTURES,
-        "--control-tasks",
-        "arc_easy",
-        "--control-limit",
-        "2",
-        "--neutral",
-        "prompt",
-        "--harm-texts",
-        "0",
-        "--out",
-        out,
-    ]
-
-
 def test_cli_compare_tune_and_demo_with_chat_template(
     chat_model_dir: Path,  # noqa: F811
     tiny_model_dir: Path,
@@ -267,7 +242,7 @@ def test_cli_compare_tune_and_demo_with_chat_template(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     demos = write_demos(tmp_path / "demos.jsonl", DEMOS)
-    args = _compare_args(chat_model_dir, demos, tmp_path / "cmp")
+    args = compare_args(chat_model_dir, demos, FIXTURES, tmp_path / "cmp")
     assert_ok(run_cli([*args, "--chat-template", "--system-prompt", "Be brief."]))
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     assert report["prompts"]["system_prompt"] == "Be brief."
@@ -298,7 +273,7 @@ def test_cli_compare_tune_and_demo_with_chat_template(
     assert "chat template" in (tmp_path / "demo" / "report.md").read_text()
 
     # refusals: a system prompt alone, and a tokenizer without a template
-    plain_args = _compare_args(tiny_model_dir, demos, tmp_path / "refused")
+    plain_args = compare_args(tiny_model_dir, demos, FIXTURES, tmp_path / "refused")
     refused = run_cli([*plain_args, "--system-prompt", "x"])
     assert_refused(refused, "--system-prompt", "--chat-template")
     assert_refused(run_cli([*plain_args, "--chat-template"]), "no chat template")

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from spectral_edit.demos.format import Demonstration, write_demos
+from tests.cli_runs import compare_args
 from tests.failures import sea_process
 from tests.failures.refusals import assert_ok, run_cli, temporaries
 
@@ -199,38 +200,12 @@ def test_signal_during_sea_demo_then_resume(
     assert _editor(out / "editor.safetensors") == _editor(reference / "editor.safetensors")
 
 
-def _compare_args(model_dir: Path, demos: Path, data_dir: Path, out: Path) -> list[Any]:
-    return [
-        "compare",
-        "--model",
-        model_dir,
-        "--demos",
-        demos,
-        "--methods",
-        "none,mean-diff",
-        "--mc-file",
-        "mc_task.json",
-        "--data-dir",
-        data_dir,
-        "--control-tasks",
-        "arc_easy",
-        "--control-limit",
-        "2",
-        "--harm-texts",
-        "0",
-        "--neutral",
-        "prompt",
-        "--out",
-        out,
-    ]
-
-
 @SIGNALS
 def test_signal_during_sea_compare_then_resume(
     sig: signal.Signals, tiny_model_dir: Path, demos_file: Path, data_dir: Path, tmp_path: Path
 ):
     out = tmp_path / "cmp"
-    args = _compare_args(tiny_model_dir, demos_file, data_dir, out)
+    args = compare_args(tiny_model_dir, demos_file, data_dir, out)
     process = sea_process.start(args, hold="*--control.json")  # the first method's control
     sea_process.wait_for(process)
     _stop(process, sig, out)
@@ -242,5 +217,5 @@ def test_signal_during_sea_compare_then_resume(
     assert {p: (out / p).stat().st_mtime_ns for p in done} == done  # reused, not redone
     _no_temporaries(out)  # a killed writer's temporary is swept by the rerun
     reference = tmp_path / "uninterrupted"
-    assert_ok(run_cli(_compare_args(tiny_model_dir, demos_file, data_dir, reference)))
+    assert_ok(run_cli(compare_args(tiny_model_dir, demos_file, data_dir, reference)))
     assert _json_files(out) == _json_files(reference)
