@@ -46,6 +46,32 @@ def _reference(model, tokenizer, context, continuation, token="last"):
     return torch.stack([h[0, -1] for h in hidden[1:]])
 
 
+def _capture_equals_reference(model, tokenizer, pairs, layers, token, side) -> list[int]:
+    """Capture ``pairs`` (context, continuation) in batches of 3; each row equals the
+    unpadded reference (1e-5). Returns the widths of the capture's forward passes."""
+    widths: list[int] = []
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: widths.append(args[0].shape[1])
+    )
+    try:
+        got = capture(
+            model,
+            tokenizer,
+            [c for c, _ in pairs],
+            [a for _, a in pairs],
+            layers=layers,
+            token=token,
+            padding_side=side,
+            batch_size=3,
+        )
+    finally:
+        handle.remove()
+    for i, (context, continuation) in enumerate(pairs):
+        expected = _reference(model, tokenizer, context, continuation, token=token)
+        torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-4)
+    return widths
+
+
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_capture_matches_hidden_states(arch, side):
@@ -53,18 +79,7 @@ def test_capture_matches_hidden_states(arch, side):
     tokenizer = make_tiny_tokenizer()
     n_layers = len(find_decoder_layers(model))
     layers = list(range(n_layers))
-    got = capture(
-        model,
-        tokenizer,
-        [c for c, _ in TEXTS],
-        [a for _, a in TEXTS],
-        layers=layers,
-        padding_side=side,
-        batch_size=3,
-    )
-    for i, (context, continuation) in enumerate(TEXTS):
-        expected = _reference(model, tokenizer, context, continuation)
-        torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-4)
+    _capture_equals_reference(model, tokenizer, TEXTS, layers, "last", side)
 
 
 PRIMER = (
@@ -88,30 +103,11 @@ def test_a_shared_prefix_runs_once_and_changes_no_activation(arch, side, token):
     model = make_tiny_model(arch)
     tokenizer = make_tiny_tokenizer()
     layers = list(range(len(find_decoder_layers(model))))
-    widths = []
-    handle = model.get_input_embeddings().register_forward_hook(
-        lambda m, args, out: widths.append(args[0].shape[1])
-    )
-    try:
-        got = capture(
-            model,
-            tokenizer,
-            [c for c, _ in SHARED],
-            [a for _, a in SHARED],
-            layers=layers,
-            token=token,
-            padding_side=side,
-            batch_size=3,
-        )
-    finally:
-        handle.remove()
+    widths = _capture_equals_reference(model, tokenizer, SHARED, layers, token, side)
     primer = len(encode_pair(tokenizer, PRIMER.rstrip(), "")[0])
     longest = max(sum(map(len, encode_pair(tokenizer, c, a))) for c, a in SHARED)
     assert widths[0] >= primer  # the prefix pass, once
     assert len(widths) == 3 and max(widths[1:]) <= longest - primer  # then two short batches
-    for i, (context, continuation) in enumerate(SHARED):
-        expected = _reference(model, tokenizer, context, continuation, token=token)
-        torch.testing.assert_close(got[i], expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

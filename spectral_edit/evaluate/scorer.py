@@ -15,7 +15,6 @@ under an edit equal those of a plain full-sequence forward pass under the same e
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from ..core.options import check_count
 from ..hf.heads import decoder_and_head, lm_head_logits
 from ..hf.positions import prompt_boundary
-from ..hf.prefix import expand_cache, forward_on_cache
+from ..hf.prefix import PrefixCache, expand_cache, forward_on_cache
 from ..hf.tokens import encode, encode_pair, input_device, output_cache, pad_id_of
 from ..util.progress import progress_bar
 from .readout import FINAL, FinalLayerReadout, Readout
@@ -85,36 +84,16 @@ class _Runner:
         return torch.stack(states, dim=2), output_cache(out)
 
 
-@dataclass
-class _Prefix:
-    """The shared prefix: its ids, KV cache and last position's features ``(1, 1 + K, d)``."""
-
-    ids: list[int]
-    cache: object = None
-    last: torch.Tensor | None = None
-
-    @classmethod
-    def build(cls, run: _Runner, tokenizer, text: str | None) -> _Prefix:
-        if not text:
-            return cls([])
-        ids = encode(tokenizer, text)
-        # every prompt that shares the prefix is longer than it (see split): no prefix
-        # position is after a prompt's last token, so no position-restricted edit acts here
-        with prompt_boundary([len(ids) + 1]):
-            hidden, cache = run(
-                torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), None, 0
-            )
-        return cls(ids, cache, hidden[:, -1])
-
-    def split(self, context_ids: list[int]) -> tuple[bool, list[int]]:
-        """Whether ``context_ids`` start with the prefix and go on after it, and the ids
-        after it (or all, for a context that is not longer than the prefix)."""
-        shared = (
-            bool(self.ids)
-            and len(context_ids) > len(self.ids)
-            and context_ids[: len(self.ids)] == self.ids
-        )
-        return shared, context_ids[len(self.ids) :] if shared else context_ids
+def _build_prefix(run: _Runner, tokenizer, text: str | None) -> PrefixCache:
+    """The shared prefix's cache, its ``last`` the readout's features ``(1, 1 + K, d)``."""
+    if not text:
+        return PrefixCache([])
+    ids = encode(tokenizer, text)
+    # every prompt that shares the prefix is longer than it (see PrefixCache.split): no
+    # prefix position is after a prompt's last token, so no position-restricted edit acts
+    with prompt_boundary([len(ids) + 1]):
+        hidden, cache = run(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), None, 0)
+    return PrefixCache(ids, cache, hidden[:, -1])
 
 
 def _encode_request(tokenizer, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
@@ -154,7 +133,7 @@ def score_requests(
     if share_contexts is None:
         share_contexts = run.device.type == "cpu"
     pad = pad_id_of(tokenizer)
-    prefix = _Prefix.build(run, tokenizer, shared_prefix)
+    prefix = _build_prefix(run, tokenizer, shared_prefix)
     if not share_contexts:
         return _score_packed(
             model, run, tokenizer, requests, prefix, pad, batch_size, readout, progress
@@ -164,7 +143,7 @@ def score_requests(
     for request in requests:
         context_ids, targets = _encode_request(tokenizer, request)
         shared, rest = prefix.split(context_ids)
-        past = copy.deepcopy(prefix.cache) if shared else None
+        past = prefix.expanded(1) if shared else None
         past_len = len(prefix.ids) if shared else 0
         scores: list[ContinuationScore] = []
         with prompt_boundary([len(context_ids)]):
@@ -189,7 +168,7 @@ def _score_packed(
     run: _Runner,
     tokenizer,
     requests,
-    prefix: _Prefix,
+    prefix: PrefixCache,
     pad: int,
     batch_size: int,
     readout: Readout,
@@ -228,9 +207,7 @@ def _score_packed(
             tokens = items[i][3]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        past, past_len = (
-            (expand_cache(prefix.cache, len(rows)), len(prefix.ids)) if kind else (None, 0)
-        )
+        past, past_len = (prefix.expanded(len(rows)), len(prefix)) if kind else (None, 0)
         with prompt_boundary([prompt_lengths[items[i][0], items[i][1]] for i in rows]):
             hidden, _ = run(ids, mask, past, past_len)
         predictors: list[torch.Tensor] = []

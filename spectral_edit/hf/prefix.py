@@ -167,8 +167,9 @@ def merge_caches(caches: Sequence[object], widths: Sequence[int]) -> object | No
 
 @dataclass
 class PrefixCache:
-    """The KV cache of shared prefix ``ids`` (batch 1), and the final hidden state of its
-    last token ``last`` ``(1, d)``; empty ids hold no cache (every pass runs in full)."""
+    """The KV cache of shared prefix ``ids`` (batch 1), and the features of its last
+    position ``last`` (:meth:`build`: the final hidden state ``(1, d)``; the scorer keeps
+    its readout's features there); empty ids hold no cache (every pass runs in full)."""
 
     ids: list[int]
     cache: object = None
@@ -188,6 +189,12 @@ class PrefixCache:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def split(self, ids: list[int]) -> tuple[bool, list[int]]:
+        """Whether ``ids`` start with the prefix and go on after it, and the ids after it
+        (or all of them, for a sequence that does not)."""
+        shared = bool(self.ids) and len(ids) > len(self.ids) and ids[: len(self.ids)] == self.ids
+        return shared, ids[len(self.ids) :] if shared else ids
 
     def expanded(self, rows: int) -> object:
         """A fresh copy of the cache for a batch of ``rows`` (``None`` when empty)."""
