@@ -102,6 +102,9 @@ def fit(
 ) -> None:
     """Fit a SEA editor on a demonstrations file (with --chat-template: prompts not yet in
     the template become its user turn; the editor records the template)."""
+    import torch
+
+    from ..core.distributed import process_group_from_environment
     from ..demos.format import DemoFormatError, read_demos
     from ..experiments.pipeline import demos_file_metadata, fit_editor
     from ..util.atomic import check_writable
@@ -129,22 +132,30 @@ def fit(
     )
     check_prompt_options(chat_template, system_prompt)
     check_writable(out)  # refuse an unwritable --out before the fit, not after
-    lm, tokenizer = load(model, dtype, device_map)
-    prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
-    with failing_on(ValueError, LookupError):
-        editor = fit_editor(
-            lm,
-            tokenizer,
-            records,
-            options,
-            batch_size=batch_size,
-            progress=True,
-            metadata=demos_file_metadata(demos),
-            prompt_format=prompts,
-        )
+    with process_group_from_environment() as (rank, size):  # torchrun: one rank each
+        if size > 1 and device_map is None and torch.cuda.is_available():
+            device_map = f"cuda:{torch.cuda.current_device()}"
+        lm, tokenizer = load(model, dtype, device_map)
+        prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
+        with failing_on(ValueError, LookupError):
+            editor = fit_editor(
+                lm,
+                tokenizer,
+                records,
+                options,
+                batch_size=batch_size,
+                progress=True,
+                metadata=demos_file_metadata(demos),
+                prompt_format=prompts,
+            )
+    if rank != 0:
+        return  # rank 0 writes the editor of every rank's demonstrations
     editor.save(out)
+    ranks = f" over {size} processes" if size > 1 else ""
     print_table(
-        f"editor {out}: {len(records)} demonstrations", RANK_HEADERS, ranks_rows(editor.metadata)
+        f"editor {out}: {len(records)} demonstrations{ranks}",
+        RANK_HEADERS,
+        ranks_rows(editor.metadata),
     )
 
 

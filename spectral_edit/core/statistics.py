@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .distributed import all_gather_rows, all_reduce_sum, world
 from .features import get_feature_map
 from .options import Feature, SvdRoute, check_rank
 
@@ -245,6 +246,33 @@ class SpectralStatistics:
         self.sum_neg += hn.sum(0)
         self.sum_sq += torch.stack([x.square().sum((0, 2)) for x in (h, hp, hn)])
         self.count += h.shape[0]
+        self._spectra.clear()
+
+    @torch.no_grad()
+    def all_reduce(self) -> None:
+        """Make these the statistics of every rank's demonstrations together: sums
+        all-reduced over the default process group, and (thin route) the kept
+        activations gathered in rank order, dropped on every rank where the total
+        ``N`` reaches ``d`` under ``auto``. A no-op in one process. Every rank must
+        call it (a collective), after its last :meth:`update`."""
+        if world()[1] == 1:
+            return
+        count = torch.tensor([self.count], dtype=torch.long)
+        all_reduce_sum(count)
+        sums = (self.cross_pos, self.cross_neg, self.sum_neutral, self.sum_pos, self.sum_neg)
+        for tensor in (*sums, self.sum_sq, self.clipped_count):
+            all_reduce_sum(tensor)
+        total = int(count)
+        if self.svd is not SvdRoute.DENSE:
+            if self.svd is SvdRoute.THIN or total < self.hidden_size:
+                assert self._samples is not None  # kept locally: the local N is below the total
+                shape = (0, len(self.layers), self.hidden_size)
+                local = [torch.cat(parts) for parts in zip(*self._samples, strict=True)]
+                local = local or [torch.zeros(shape, device=self.cross_pos.device)] * 3
+                self._samples = [tuple(all_gather_rows(x) for x in local)]
+            else:
+                self._samples = None
+        self.count = total
         self._spectra.clear()
 
     def _require_data(self) -> None:

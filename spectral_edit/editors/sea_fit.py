@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..core.distributed import all_reduce_sum, world
 from ..core.features import get_feature_map, rms_scale
 from ..core.options import Feature, Merge, Positions, Site, SvdRoute, check_ratio
 from ..core.spectral import choose_rank, energy_fractions, subspaces_coincide
@@ -288,10 +289,18 @@ class SpectralFitter(SpectralStatistics):
         )
 
 
-def default_feature_scales(neutral: ArrayLike) -> list[float]:
-    """Per-layer RMS of neutral activations ``(N, L, d)``: the default Φ-SEA scales."""
+def default_feature_scales(neutral: ArrayLike, *, distributed: bool = False) -> list[float]:
+    """Per-layer RMS of neutral activations ``(N, L, d)``: the default Φ-SEA scales;
+    ``distributed``: of every rank's rows together (sums all-reduced)."""
     tensor = as_activations(neutral, "neutral")
-    return [rms_scale(tensor[:, index]) for index in range(tensor.shape[1])]
+    if not distributed or world()[1] == 1:
+        return [rms_scale(tensor[:, index]) for index in range(tensor.shape[1])]
+    squares = tensor.to(torch.float64).square().sum((0, 2))  # (L,)
+    elements = torch.tensor([float(tensor.shape[0] * tensor.shape[2])], dtype=torch.float64)
+    all_reduce_sum(squares)
+    all_reduce_sum(elements)
+    # rms_scale of the one-element RMS is that RMS, checked finite and positive
+    return [rms_scale((sq / elements).sqrt()) for sq in squares]
 
 
 def fit_from_arrays(
@@ -308,9 +317,16 @@ def fit_from_arrays(
     feature_scales: Sequence[float] | None = None,
     batch_size: int | None = None,
     svd: SvdRoute | str = SvdRoute.AUTO,
+    distributed: bool = False,
     **fit_options: Any,
 ) -> SpectralEditor:
     """Fit an editor from activation arrays in one call.
+
+    ``distributed``: this process holds one share of the rows; under an initialised
+    default process group, the statistics (and default Φ-SEA scales) of every rank's
+    share are reduced before the fit (:meth:`SpectralStatistics.all_reduce`), so every
+    rank gets the editor of all rows (``n_demonstrations`` counts them all). Every rank
+    must call it.
 
     Args:
         neutral, positive, negative: ``(N, L, d)`` arrays (torch or numpy), rows aligned.
@@ -338,7 +354,7 @@ def fit_from_arrays(
         raise FitError(f"{len(layer_ids)} layer ids for arrays with {h.shape[1]} layers")
     check_layer_ids(layer_ids)
     if not get_feature_map(feature).is_identity and feature_scales is None:
-        feature_scales = default_feature_scales(h)
+        feature_scales = default_feature_scales(h, distributed=distributed)
     fitter = SpectralFitter(
         layer_ids,
         h.shape[2],
@@ -353,4 +369,6 @@ def fit_from_arrays(
     neg = as_activations(negative, "negative")
     for start in range(0, h.shape[0], step):
         fitter.update(h[start : start + step], pos[start : start + step], neg[start : start + step])
+    if distributed:
+        fitter.all_reduce()
     return fitter.fit(pos_ratio=pos_ratio, neg_ratio=neg_ratio, **fit_options)

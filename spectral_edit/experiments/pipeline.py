@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..core.distributed import share, world
 from ..core.features import get_feature_map
 from ..core.options import SeaOptions
 from ..core.statistics import check_feature_scales, check_ranks
@@ -45,12 +46,14 @@ def fit_from_activations(
     options: SeaOptions = DEFAULT_OPTIONS,
     *,
     metadata: Mapping[str, Any] | None = None,
+    distributed: bool = False,
 ) -> SpectralEditor:
     """Fit an editor on captured demonstration activations (cheap: no model pass).
 
     The capture options of ``options`` (layers, neutral, token) are not used here: the
     activations already hold them. ``options.feature_scales``: Φ-SEA scales, one per
-    captured layer (default: the neutral activations' RMS per layer)."""
+    captured layer (default: the neutral activations' RMS per layer). ``distributed``:
+    these are one rank's share (:func:`~spectral_edit.editors.sea_fit.fit_from_arrays`)."""
     return fit_from_arrays(
         activations.neutral,
         activations.positive,
@@ -58,6 +61,7 @@ def fit_from_activations(
         layers=activations.layers,
         num_layers=num_layers,
         metadata=dict(metadata or {}),
+        distributed=distributed,
         **options.fit_kwargs(),
     )
 
@@ -91,6 +95,13 @@ def fit_editor(
     (after the model's name and revision, the neutral and token options, the prompt
     format and the capture time).
 
+    Under an initialised default process group of K > 1 ranks (e.g. ``torchrun``), each
+    rank captures its contiguous share of ``demos``
+    (:func:`~spectral_edit.core.distributed.share`) and the statistics are reduced
+    before the fit, so every rank returns the editor of all demonstrations (equal to a
+    one-process fit up to round-off); its metadata records ``world_size``. Every rank
+    must call it with the same ``demos`` and options.
+
     Raises:
         ValueError: a layer spec out of range for the model (from
             :func:`~spectral_edit.hf.layers.parse_layers`), or a
@@ -101,18 +112,20 @@ def fit_editor(
     num_layers = len(find_decoder_layers(model, options.layer_path))
     chosen = parse_layers(options.layers, num_layers)
     check_fit_options(options, chosen, hidden_size_of(model))
+    rank, size = world()
+    mine = [demos[i] for i in share(len(demos), rank, size)] if size > 1 else demos
     started = time.perf_counter()
     activations = capture_demos(
         model,
         tokenizer,
-        demos,
+        mine,
         layers=chosen,
         neutral=options.neutral,
         site=options.site,
         token=options.token,
         batch_size=batch_size,
         layer_path=options.layer_path,
-        progress=progress,
+        progress=progress and rank == 0,
         prompt_format=prompt_format,
     )
     captured = time.perf_counter()
@@ -122,6 +135,9 @@ def fit_editor(
         "token": str(options.token),
         **prompt_format.record(),
         "capture_seconds": round(captured - started, 3),
+        "world_size": size,
         **dict(metadata or {}),
     }
-    return fit_from_activations(activations, num_layers, options, metadata=info)
+    return fit_from_activations(
+        activations, num_layers, options, metadata=info, distributed=size > 1
+    )
