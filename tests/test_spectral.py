@@ -6,6 +6,7 @@ import torch
 
 from spectral_edit import fit_from_arrays
 from spectral_edit.core.features import get_feature_map
+from spectral_edit.core.options import SvdRoute
 from spectral_edit.core.spectral import rank_for_energy, spectral_edit
 from spectral_edit.editors.sea_fit import SpectralFitter
 
@@ -293,3 +294,21 @@ def test_fitter_reports_coordinates_the_feature_map_clips() -> None:
         wide = fit_from_arrays(h, hp, hn, feature="tanh", feature_scales=[100.0])
         fit_from_arrays(h, hp, hn)  # linear: nothing to clip
     assert wide.metadata["layer_stats"][0]["clipped_share"] == 0.0
+
+
+def test_thin_route_holds_no_d_by_d_sums_and_auto_switches_to_the_same_sums():
+    g = torch.Generator().manual_seed(11)
+    h, hp, hn = (torch.randn(20, 2, 16, generator=g) for _ in range(3))
+    thin = SpectralFitter(range(2), 16, 2, centered=True, svd="thin")
+    thin.update(h[:10], hp[:10], hn[:10])
+    thin.fit(pos_ratio=0.9, neg_ratio=0.9)
+    assert thin._cross is None  # O(N L d): the (L, d, d) sums were never allocated
+    auto = SpectralFitter(range(2), 16, 2, centered=True, svd="auto")
+    dense = SpectralFitter(range(2), 16, 2, centered=True, svd="dense")
+    auto.update(h[:10], hp[:10], hn[:10])
+    assert auto._cross is None and auto.svd_route is SvdRoute.THIN
+    auto.update(h[10:], hp[10:], hn[10:])  # N = 20 reaches d = 16: dense from here
+    dense.update(h, hp, hn)
+    assert auto.svd_route is SvdRoute.DENSE
+    torch.testing.assert_close(auto.cross_pos, dense.cross_pos, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(auto.cross_neg, dense.cross_neg, rtol=1e-12, atol=1e-12)

@@ -54,10 +54,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> None:
     """Sum ``tensor`` over every rank, in place (a no-op in one process)."""
     if world()[1] == 1:
         return
-    moved = tensor.to(_comm_device(tensor))
-    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
-    if moved is not tensor:
-        tensor.copy_(moved)
+    device = _comm_device(tensor)
+    if device == tensor.device:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return
+    # through the GPU one slice at a time: a layer's d × d sums, not all L of them
+    for part in tensor.unsqueeze(0) if tensor.ndim < 3 else tensor:
+        moved = part.to(device)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        part.copy_(moved)
 
 
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:

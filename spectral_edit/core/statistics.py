@@ -166,9 +166,13 @@ class SpectralStatistics:
             self.feature_scales = tuple(float(s) for s in feature_scales)
         layers_, d = len(self.layers), self.hidden_size
         device = torch.device(device)
+        self.device = device
         self.count = 0
-        self.cross_pos = torch.zeros(layers_, d, d, dtype=torch.float64, device=device)
-        self.cross_neg = torch.zeros(layers_, d, d, dtype=torch.float64, device=device)
+        # Σ φ(h) φ(h±)ᵀ per layer, (L, d, d) each: allocated only off the thin route (the
+        # dense route, or auto once N reaches d), so a thin fit takes O(N L d) memory
+        self._cross: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.svd is SvdRoute.DENSE:
+            self._cross = (self._zeros_cross(), self._zeros_cross())
         self.sum_neutral = torch.zeros(layers_, d, dtype=torch.float64, device=device)
         self.sum_pos = torch.zeros(layers_, d, dtype=torch.float64, device=device)
         self.sum_neg = torch.zeros(layers_, d, dtype=torch.float64, device=device)
@@ -182,20 +186,55 @@ class SpectralStatistics:
             [] if self.svd is not SvdRoute.DENSE else None
         )
 
+    def _zeros_cross(self) -> torch.Tensor:
+        d = self.hidden_size
+        return torch.zeros(len(self.layers), d, d, dtype=torch.float64, device=self.device)
+
+    @property
+    def cross_pos(self) -> torch.Tensor:
+        """``Σ φ(h) φ(h+)ᵀ`` per layer ``(L, d, d)`` float64 (materialised from the kept
+        activations on first use on the thin route)."""
+        return self._cross_sums()[0]
+
+    @property
+    def cross_neg(self) -> torch.Tensor:
+        """``Σ φ(h) φ(h-)ᵀ`` per layer ``(L, d, d)`` float64 (as :attr:`cross_pos`)."""
+        return self._cross_sums()[1]
+
+    def _cross_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross sums, computed once from the kept activations if not yet held (from
+        then on every :meth:`update` adds to them too)."""
+        if self._cross is None:
+            cross = (self._zeros_cross(), self._zeros_cross())
+            for h, hp, hn in self._samples or []:
+                h, hp, hn = self._features(h), self._features(hp), self._features(hn)
+                cross[0].add_(torch.einsum("nli,nlj->lij", h, hp))
+                cross[1].add_(torch.einsum("nli,nlj->lij", h, hn))
+            self._cross = cross
+        return self._cross
+
+    def _sides_differ(self) -> bool:
+        """Whether the positive and negative sides differ beyond their sums: their cross
+        sums where those are held, else their kept activations batch by batch (equal
+        ones give equal cross sums, without materialising ``(L, d, d)``)."""
+        if self._cross is not None or not self._samples:
+            cross_pos, cross_neg = self._cross_sums()
+            return not torch.equal(cross_pos, cross_neg)
+        return any(not torch.equal(hp, hn) for _, hp, hn in self._samples)
+
     def _scales(self) -> torch.Tensor:
         """The Φ-SEA scales as ``(1, L, 1)`` float64 on the statistics' device."""
         assert self.feature_scales is not None
-        scales = torch.tensor(
-            self.feature_scales, dtype=torch.float64, device=self.cross_pos.device
-        )
+        scales = torch.tensor(self.feature_scales, dtype=torch.float64, device=self.device)
         return scales[None, :, None]
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """``φ_s(x)`` of activations ``(N, L, d)``, float64 on the statistics' device."""
-        x = x.to(device=self.cross_pos.device, dtype=torch.float64)
+    def _features(self, x: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """``φ_s(x)`` of activations ``(N, M, d)`` of the layers ``first .. first+M-1`` (of
+        :attr:`layers`' order; default all), float64 on the statistics' device."""
+        x = x.to(device=self.device, dtype=torch.float64)
         if self.feature_scales is None:
             return x
-        return self.feature.forward(x, self._scales())
+        return self.feature.forward(x, self._scales()[:, first : first + x.shape[1]])
 
     def _checked(
         self, neutral: ArrayLike, positive: ArrayLike, negative: ArrayLike
@@ -231,16 +270,17 @@ class SpectralStatistics:
         h, hp, hn = self._checked(neutral, positive, negative)
         if self._samples is not None:
             if self.svd is SvdRoute.AUTO and self.count + h.shape[0] >= self.hidden_size:
+                self._cross_sums()  # N reaches d: the dense route from here on
                 self._samples = None
             else:
-                device = self.cross_pos.device
-                self._samples.append(tuple(x.to(device, copy=True) for x in (h, hp, hn)))
+                self._samples.append(tuple(x.to(self.device, copy=True) for x in (h, hp, hn)))
         if self.feature_scales is not None:
-            scaled = h.to(self.cross_pos.device, torch.float64) / self._scales()
+            scaled = h.to(self.device, torch.float64) / self._scales()
             self.clipped_count += self.feature.clipped(scaled).sum((0, 2))
         h, hp, hn = self._features(h), self._features(hp), self._features(hn)
-        self.cross_pos += torch.einsum("nli,nlj->lij", h, hp)
-        self.cross_neg += torch.einsum("nli,nlj->lij", h, hn)
+        if self._cross is not None:
+            self._cross[0].add_(torch.einsum("nli,nlj->lij", h, hp))
+            self._cross[1].add_(torch.einsum("nli,nlj->lij", h, hn))
         self.sum_neutral += h.sum(0)
         self.sum_pos += hp.sum(0)
         self.sum_neg += hn.sum(0)
@@ -259,19 +299,21 @@ class SpectralStatistics:
             return
         count = torch.tensor([self.count], dtype=torch.long)
         all_reduce_sum(count)
-        sums = (self.cross_pos, self.cross_neg, self.sum_neutral, self.sum_pos, self.sum_neg)
-        for tensor in (*sums, self.sum_sq, self.clipped_count):
-            all_reduce_sum(tensor)
         total = int(count)
-        if self.svd is not SvdRoute.DENSE:
-            if self.svd is SvdRoute.THIN or total < self.hidden_size:
-                assert self._samples is not None  # kept locally: the local N is below the total
-                shape = (0, len(self.layers), self.hidden_size)
-                local = [torch.cat(parts) for parts in zip(*self._samples, strict=True)]
-                local = local or [torch.zeros(shape, device=self.cross_pos.device)] * 3
-                self._samples = [tuple(all_gather_rows(x) for x in local)]
-            else:
-                self._samples = None
+        thin = self.svd is SvdRoute.THIN or (self.svd is SvdRoute.AUTO and total < self.hidden_size)
+        if thin:  # every rank still keeps its activations (its N is below the total)
+            assert self._samples is not None
+            shape = (0, len(self.layers), self.hidden_size)
+            local = [torch.cat(parts) for parts in zip(*self._samples, strict=True)]
+            local = local or [torch.zeros(shape, device=self.device)] * 3
+            self._samples = [tuple(all_gather_rows(x) for x in local)]
+            self._cross = None  # recomputed from all ranks' activations when asked
+        else:
+            self._cross_sums()  # a rank below d locally materialises its share first
+            self._samples = None
+        sums = (self.sum_neutral, self.sum_pos, self.sum_neg, self.sum_sq, self.clipped_count)
+        for tensor in (*(() if thin else self._cross_sums()), *sums):
+            all_reduce_sum(tensor)
         self.count = total
         self._spectra.clear()
 
@@ -345,14 +387,20 @@ class SpectralStatistics:
 
     def covariances(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Ω+, Ω-)``, each ``(L, d, d)`` float64 (centred if the statistics are)."""
+        pairs = [self._covariance(index) for index in range(len(self.layers))]
+        return torch.stack([p for p, _ in pairs]), torch.stack([n for _, n in pairs])
+
+    def _covariance(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Ω+, Ω-)`` of layer ``index``, each ``(d, d)`` float64: one layer at a time,
+        so the dense SVDs need ``2 d²`` values beside the sums, not ``2 L d²``."""
         self._require_data()
         n = self.count
-        omega_pos = self.cross_pos / n
-        omega_neg = self.cross_neg / n
+        cross_pos, cross_neg = self._cross_sums()
+        omega_pos, omega_neg = cross_pos[index] / n, cross_neg[index] / n
         if self.centered:
-            mean = self.sum_neutral / n
-            omega_pos = omega_pos - torch.einsum("li,lj->lij", mean, self.sum_pos / n)
-            omega_neg = omega_neg - torch.einsum("li,lj->lij", mean, self.sum_neg / n)
+            mean = self.sum_neutral[index] / n
+            omega_pos -= torch.outer(mean, self.sum_pos[index] / n)
+            omega_neg -= torch.outer(mean, self.sum_neg[index] / n)
         return omega_pos, omega_neg
 
     def signatures(self) -> torch.Tensor:
@@ -389,21 +437,26 @@ class SpectralStatistics:
         return self._spectra[chosen]
 
     def _dense_spectra(self) -> list[Spectrum]:
-        omega_pos, omega_neg = self.covariances()
         spectra = []
         for index in range(len(self.layers)):
-            u_pos, s_pos, _ = torch.linalg.svd(omega_pos[index])
-            u_neg, s_neg, _ = torch.linalg.svd(omega_neg[index])
+            omega_pos, omega_neg = self._covariance(index)
+            u_pos, s_pos, _ = torch.linalg.svd(omega_pos)
+            u_neg, s_neg, _ = torch.linalg.svd(omega_neg)
             spectra.append((u_pos, s_pos, u_neg, s_neg))
         return spectra
 
     def _thin_spectra(self) -> list[Spectrum]:
         assert self._samples is not None
-        h, hp, hn = (self._features(torch.cat(parts)) for parts in zip(*self._samples, strict=True))
         n = self.count
         spectra = []
         for index in range(len(self.layers)):
-            x, yp, yn = h[:, index], hp[:, index], hn[:, index]
+            # this layer's rows of every kept batch: (N, d) per set, no copy of all layers
+            x, yp, yn = (
+                self._features(torch.cat([part[:, index : index + 1] for part in parts]), index)[
+                    :, 0
+                ]
+                for parts in zip(*self._samples, strict=True)
+            )
             if self.centered:
                 # centring x alone centres the product: (x - 1 x̄)ᵀ 1 = 0, so
                 # (x - 1 x̄)ᵀ (y - 1 ȳ) = (x - 1 x̄)ᵀ y

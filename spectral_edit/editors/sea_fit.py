@@ -197,13 +197,10 @@ class SpectralFitter(SpectralStatistics):
     def _check_contrast(self) -> None:
         """:class:`FitError` if the positive and negative activations agree at every layer
         (same sums and cross sums): the demonstrations carry no contrast to edit along."""
-        same = all(
-            torch.equal(a, b)
-            for a, b in (
-                (self.cross_pos, self.cross_neg),
-                (self.sum_pos, self.sum_neg),
-                (self.sum_sq[1], self.sum_sq[2]),
-            )
+        same = (
+            not self._sides_differ()
+            and torch.equal(self.sum_pos, self.sum_neg)
+            and torch.equal(self.sum_sq[1], self.sum_sq[2])
         )
         if same:
             raise FitError(
