@@ -121,3 +121,38 @@ def test_scorer_finds_the_decoder_when_base_model_prefix_is_wrong():
     base, head = decoder_and_head(model)
     assert base is model.model and head is model.lm_head
     assert score_requests(model, tokenizer, REQUESTS, shared_prefix=PREFIX) == expected
+
+
+def test_cpu_default_packs_short_requests_and_shares_long_contexts():
+    model = make_tiny_model("llama")
+    tokenizer = make_tiny_tokenizer()
+    long_context = "a long context with many words that is costly to run again " * 3
+    requests = [ChoiceRequest("", (f"the cat {w} sat", f"a dog {w} ran")) for w in "abcdef"]
+    requests.insert(3, ChoiceRequest(long_context, (" yes", " no", " maybe")))
+    passes = {}
+    for mode in (None, True, False):
+        calls: list[int] = []
+        hook = model.get_input_embeddings().register_forward_hook(
+            lambda *a, calls=calls: calls.append(1)
+        )
+        try:
+            passes[mode] = (
+                score_requests(model, tokenizer, requests, share_contexts=mode),
+                len(calls),
+            )
+        finally:
+            hook.remove()
+    auto, shared, packed = (passes[m][0] for m in (None, True, False))
+    for a, s, p in zip(auto, shared, packed, strict=True):
+        for x, y, z in zip(a, s, p, strict=True):
+            assert (
+                x.logprob
+                == pytest.approx(y.logprob, abs=1e-5)
+                == pytest.approx(z.logprob, abs=1e-5)
+            )
+    # six empty-context pairs in one packed pass; the long context run once, then its answers
+    assert passes[None][1] == 1 + 2 < passes[True][1] == 6 * 2 + 2
+    # the plain forward pass agrees
+    assert auto[0][0].logprob == pytest.approx(
+        _plain_logprob(model, tokenizer, "", "the cat a sat")[0], abs=1e-4
+    )

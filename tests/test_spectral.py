@@ -303,6 +303,7 @@ def test_thin_route_holds_no_d_by_d_sums_and_auto_switches_to_the_same_sums():
     thin.update(h[:10], hp[:10], hn[:10])
     thin.fit(pos_ratio=0.9, neg_ratio=0.9)
     assert thin._cross is None  # O(N L d): the (L, d, d) sums were never allocated
+    assert not thin._spectra  # nor every layer's full singular vectors at once
     auto = SpectralFitter(range(2), 16, 2, centered=True, svd="auto")
     dense = SpectralFitter(range(2), 16, 2, centered=True, svd="dense")
     auto.update(h[:10], hp[:10], hn[:10])

@@ -18,7 +18,7 @@ subspaces (hence the projections) are the same as the dense route's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -423,46 +423,56 @@ class SpectralStatistics:
         """Per layer ``(U+, s+, U-, s-)``: left singular vectors ``(d, m)`` and descending
         singular values ``(m,)`` of Ω+ and Ω-, with ``m = d`` on the dense route and
         ``m = min(N, d)`` on the thin one (the other singular values are zero); computed
-        once per route until the next ``update``. ``route``: default :attr:`svd_route`."""
+        once per route until the next ``update``. ``route``: default :attr:`svd_route`.
+        They hold ``2 L d m`` float64 values: :meth:`layer_spectra` yields them one
+        layer at a time instead."""
+        chosen = self._route(route)
+        if chosen not in self._spectra:
+            self._spectra[chosen] = list(self.layer_spectra(chosen))
+        return self._spectra[chosen]
+
+    def layer_spectra(self, route: SvdRoute | str | None = None) -> Iterator[Spectrum]:
+        """The spectra of :meth:`spectra`, computed (or read from its cache) one layer at
+        a time, so that a caller keeping a few directions per layer holds one layer's."""
+        chosen = self._route(route)
+        if chosen in self._spectra:
+            yield from self._spectra[chosen]
+            return
+        for index in range(len(self.layers)):
+            yield (
+                self._thin_spectrum(index)
+                if chosen is SvdRoute.THIN
+                else self._dense_spectrum(index)
+            )
+
+    def _route(self, route: SvdRoute | str | None) -> SvdRoute:
         chosen = self.svd_route if route is None else SvdRoute.parse(route, "route")
         if chosen is SvdRoute.AUTO:
             chosen = self.svd_route
         if chosen is SvdRoute.THIN and self._samples is None:
             raise ValueError("the thin SVD route needs the activations, which were not kept")
         self._require_data()
-        if chosen not in self._spectra:
-            self._spectra[chosen] = (
-                self._thin_spectra() if chosen is SvdRoute.THIN else self._dense_spectra()
-            )
-        return self._spectra[chosen]
+        return chosen
 
-    def _dense_spectra(self) -> list[Spectrum]:
-        spectra = []
-        for index in range(len(self.layers)):
-            omega_pos, omega_neg = self._covariance(index)
-            u_pos, s_pos, _ = torch.linalg.svd(omega_pos)
-            u_neg, s_neg, _ = torch.linalg.svd(omega_neg)
-            spectra.append((u_pos, s_pos, u_neg, s_neg))
-        return spectra
+    def _dense_spectrum(self, index: int) -> Spectrum:
+        omega_pos, omega_neg = self._covariance(index)
+        u_pos, s_pos, _ = torch.linalg.svd(omega_pos)
+        u_neg, s_neg, _ = torch.linalg.svd(omega_neg)
+        return u_pos, s_pos, u_neg, s_neg
 
-    def _thin_spectra(self) -> list[Spectrum]:
+    def _thin_spectrum(self, index: int) -> Spectrum:
         assert self._samples is not None
         n = self.count
-        spectra = []
-        for index in range(len(self.layers)):
-            # this layer's rows of every kept batch: (N, d) per set, no copy of all layers
-            x, yp, yn = (
-                self._features(torch.cat([part[:, index : index + 1] for part in parts]), index)[
-                    :, 0
-                ]
-                for parts in zip(*self._samples, strict=True)
-            )
-            if self.centered:
-                # centring x alone centres the product: (x - 1 x̄)ᵀ 1 = 0, so
-                # (x - 1 x̄)ᵀ (y - 1 ȳ) = (x - 1 x̄)ᵀ y
-                x = x - x.mean(0)
-            q, r = torch.linalg.qr(x.T)  # (d, m), (m, N)
-            w_pos, s_pos, _ = torch.linalg.svd(r @ yp / n, full_matrices=False)  # (m, m), (m,)
-            w_neg, s_neg, _ = torch.linalg.svd(r @ yn / n, full_matrices=False)
-            spectra.append((q @ w_pos, s_pos, q @ w_neg, s_neg))
-        return spectra
+        # this layer's rows of every kept batch: (N, d) per set, no copy of all layers
+        x, yp, yn = (
+            self._features(torch.cat([part[:, index : index + 1] for part in parts]), index)[:, 0]
+            for parts in zip(*self._samples, strict=True)
+        )
+        if self.centered:
+            # centring x alone centres the product: (x - 1 x̄)ᵀ 1 = 0, so
+            # (x - 1 x̄)ᵀ (y - 1 ȳ) = (x - 1 x̄)ᵀ y
+            x = x - x.mean(0)
+        q, r = torch.linalg.qr(x.T)  # (d, m), (m, N)
+        w_pos, s_pos, _ = torch.linalg.svd(r @ yp / n, full_matrices=False)  # (m, m), (m,)
+        w_neg, s_neg, _ = torch.linalg.svd(r @ yn / n, full_matrices=False)
+        return q @ w_pos, s_pos, q @ w_neg, s_neg

@@ -122,7 +122,10 @@ class SpectralFitter(SpectralStatistics):
             self.count, self.hidden_size
         ):
             route = SvdRoute.DENSE  # ranks beyond N: null-space directions, from the d × d SVD
-        spectra = self.spectra(route)
+        spectra = [
+            _keep_needed(spectrum, (pos_ratio, pos_rank), (neg_ratio, neg_rank))
+            for spectrum in self.layer_spectra(route)
+        ]
         self._check_nonzero(spectra)
         self._check_contrast()
         pos_factors, neg_factors, stats, identity = [], [], [], []
@@ -284,6 +287,21 @@ class SpectralFitter(SpectralStatistics):
             "elu or linear. Per-layer shares: the editor's layer_stats 'clipped_share'.",
             stacklevel=3,
         )
+
+
+def _keep_needed(
+    spectrum: Spectrum, pos: tuple[float, int | None], neg: tuple[float, int | None]
+) -> Spectrum:
+    """A layer's spectrum with only the directions the fit can keep: the ``k±`` that
+    :func:`choose_rank` gives for the ratio (or fixed rank); all of them where it cannot
+    tell (a degenerate layer, refused after with its cause)."""
+    u_pos, s_pos, u_neg, s_neg = spectrum
+    try:
+        k_pos = choose_rank(s_pos, pos[0], pos[1], "pos_rank")
+        k_neg = choose_rank(s_neg, neg[0], neg[1], "neg_rank")
+    except (ValueError, ZeroDivisionError):
+        return spectrum
+    return u_pos[:, :k_pos].clone(), s_pos, u_neg[:, :k_neg].clone(), s_neg
 
 
 def default_feature_scales(neutral: ArrayLike, *, distributed: bool = False) -> list[float]:

@@ -124,24 +124,36 @@ def score_requests(
     full). ``batch_size``: sequences per forward pass. ``share_contexts``: run each
     context once and its continuations on its cache (fewest FLOPs: best on CPUs), or pack
     context-plus-continuation sequences of many requests into each batch on the prefix
-    cache (fewest passes: best on GPUs). Default: share on CPU, pack on accelerators.
-    Both give the same scores. ``readout``: how hidden states become log-probabilities
+    cache (fewest passes: best on GPUs). Default: pack on accelerators; on a CPU, pack
+    the requests whose context is cheap to rerun per continuation (:data:`PACK_BELOW`
+    context tokens rerun in all, e.g. CrowS-Pairs' empty contexts) and share the rest.
+    All give the same scores. ``readout``: how hidden states become log-probabilities
     (default: the LM head; :class:`~spectral_edit.evaluate.readout.DoLaReadout` for DoLa).
     """
     check_count("batch_size", batch_size)
     run = _Runner(model, readout)
-    if share_contexts is None:
-        share_contexts = run.device.type == "cpu"
     pad = pad_id_of(tokenizer)
     prefix = _build_prefix(run, tokenizer, shared_prefix)
-    if not share_contexts:
-        return _score_packed(
-            model, run, tokenizer, requests, prefix, pad, batch_size, readout, progress
-        )
-    results: list[list[ContinuationScore]] = []
+    encoded = [_encode_request(tokenizer, request) for request in requests]
+    if share_contexts is None and run.device.type == "cpu":
+        # on a CPU, share long contexts; pack the requests whose context costs little to
+        # rerun per continuation (a forward pass of a few rows costs a read of the weights)
+        packed = [
+            i for i, (ids, targets) in enumerate(encoded) if _cheap_to_pack(prefix, ids, targets)
+        ]
+    else:
+        packed = [] if share_contexts else list(range(len(requests)))
+    chosen = set(packed)
+    shared_rows = [i for i in range(len(requests)) if i not in chosen]
+    results: list[list[ContinuationScore]] = [[] for _ in requests]
     bar = progress_bar(len(requests), progress, "score", "req")
-    for request in requests:
-        context_ids, targets = _encode_request(tokenizer, request)
+    scored = _score_packed(
+        model, run, [encoded[i] for i in packed], prefix, pad, batch_size, readout, bar
+    )
+    for i, packed_scores in zip(packed, scored, strict=True):
+        results[i] = packed_scores
+    for i in shared_rows:
+        context_ids, targets = encoded[i]
         shared, rest = prefix.split(context_ids)
         past = prefix.expanded(1) if shared else None
         past_len = len(prefix.ids) if shared else 0
@@ -157,31 +169,42 @@ def score_requests(
             for start in range(0, len(targets), batch_size):
                 chunk = targets[start : start + batch_size]
                 scores.extend(_score_chunk(model, run, readout, chunk, last, past, past_len, pad))
-        results.append(scores)
+        results[i] = scores
         bar.update(1)
     bar.close()
     return results
 
 
+PACK_BELOW = 64
+"""On a CPU, a request is packed (its context rerun with each continuation) when that
+reruns at most this many context tokens in all, else its context runs once and is shared."""
+
+
+def _cheap_to_pack(prefix: PrefixCache, context_ids: list[int], targets: list[list[int]]) -> bool:
+    """Whether packing the request reruns at most :data:`PACK_BELOW` context tokens."""
+    _, rest = prefix.split(context_ids)
+    return (len(targets) - 1) * len(rest) <= PACK_BELOW
+
+
 def _score_packed(
     model,
     run: _Runner,
-    tokenizer,
-    requests,
+    encoded: Sequence[tuple[list[int], list[list[int]]]],
     prefix: PrefixCache,
     pad: int,
     batch_size: int,
     readout: Readout,
-    progress: bool | str,
+    bar,
 ) -> list[list[ContinuationScore]]:
-    """Pack ``context-after-prefix + continuation`` sequences of many requests per batch.
+    """Pack ``context-after-prefix + continuation`` sequences of many requests (given as
+    ``(context ids, continuation ids)``) per batch.
 
     Each sequence runs on a copy of the prefix cache (or from scratch when its context does
     not start with the prefix); the LM head sees only continuation-predicting positions.
+    ``bar`` advances by one per request finished.
     """
     items = []  # (request, choice, shared, tokens, last context position, n target tokens)
-    for r, request in enumerate(requests):
-        context_ids, continuation_ids = _encode_request(tokenizer, request)
+    for r, (context_ids, continuation_ids) in enumerate(encoded):
         shared, rest = prefix.split(context_ids)
         for c, target in enumerate(continuation_ids):
             items.append((r, c, shared, rest + target, len(rest) - 1, len(target)))
@@ -189,12 +212,10 @@ def _score_packed(
         (r, c): len(tokens) - n + (len(prefix.ids) if shared else 0)
         for r, c, shared, tokens, _, n in items
     }
-    results: list[list[ContinuationScore | None]] = [
-        [None] * len(request.continuations) for request in requests
-    ]
+    results: list[list[ContinuationScore | None]] = [[None] * len(t) for _, t in encoded]
+    waiting = [len(t) for _, t in encoded]  # continuations still to score, per request
     # group by (shared, length) so batches are dense and share one kind of past
     order = sorted(range(len(items)), key=lambda i: (items[i][2], len(items[i][3])))
-    bar = progress_bar(len(items), progress, "score", "seq")
     start = 0
     while start < len(order):
         kind = items[order[start]][2]
@@ -224,8 +245,8 @@ def _score_packed(
         scores = _score_rows(model, readout, torch.cat(predictors), targets, lengths)
         for i, score in zip(rows, scores, strict=True):
             results[items[i][0]][items[i][1]] = score
-        bar.update(len(rows))
-    bar.close()
+            waiting[items[i][0]] -= 1
+            bar.update(int(waiting[items[i][0]] == 0))
     return results  # type: ignore[return-value]
 
 
