@@ -41,8 +41,8 @@ from spectral_edit.experiments.pipeline import fit_editor
 from spectral_edit.hf.capture import capture
 from spectral_edit.hf.layers import find_decoder_layers, parse_layers
 from spectral_edit.hf.tokens import encode_pair, pad_batch, pad_id_of
-from spectral_edit.util.atomic import atomic_write_text
 from spectral_edit.util.identity import path_identity
+from spectral_edit.util.report import write_json
 
 
 def plain_forward(model, tokenizer, sequences, layers, batch_size) -> torch.Tensor:
@@ -136,10 +136,9 @@ def main() -> None:
             "torch": torch.__version__,
         },
     }
-    text = json.dumps(report, indent=2)
     if args.output:
-        atomic_write_text(args.output, text + "\n")
-    print(text)
+        write_json(args.output, report)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

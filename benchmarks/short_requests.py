@@ -10,10 +10,11 @@ On one loaded model, scores with :func:`~spectral_edit.evaluate.scorer.score_req
 - BBQ requests: the first ``--bbq`` items of ``$SEA_DATA_DIR/bbq/official/Age.jsonl``
   (passage + question, three options),
 
-each with ``share_contexts=True`` (every context run alone: the CPU default before),
-``False`` (everything packed) and the default (``None``: on a CPU, requests whose context
-is cheap to rerun per continuation are packed, the others shared), and writes the times,
-the rate and the largest score difference against the one-at-a-time scores (JSON).
+after an untimed warm-up on the first 8 requests, each with ``share_contexts=True``
+(every context run alone: the CPU default before), ``False`` (everything packed) and
+the default (``None``: on a CPU, requests whose context is cheap to rerun per
+continuation are packed, the others shared), and writes the times, the rate and the
+largest score difference against the one-at-a-time scores (JSON).
 
     python benchmarks/short_requests.py --output benchmarks/results/short_requests_cpu.json
 """
@@ -34,7 +35,7 @@ from spectral_edit.data.bbq import load_bbq
 from spectral_edit.data.truthfulqa import load_mc_task
 from spectral_edit.demos.prompts import bbq_continuations, bbq_prompt
 from spectral_edit.evaluate.scorer import ChoiceRequest, score_requests
-from spectral_edit.util.atomic import atomic_write_text
+from spectral_edit.util.report import write_json
 
 MODES = {"one_at_a_time": True, "all_packed": False, "default": None}
 
@@ -42,6 +43,7 @@ MODES = {"one_at_a_time": True, "all_packed": False, "default": None}
 def timed_modes(model, tokenizer, requests, batch_size: int) -> dict:
     """Seconds, requests per second and the largest |Δ log p| against one at a time."""
     out, reference = {}, None
+    score_requests(model, tokenizer, requests[:8], batch_size=batch_size)  # warm-up, untimed
     for name, mode in MODES.items():
         started = time.perf_counter()
         scores = score_requests(
@@ -85,10 +87,9 @@ def main() -> None:
         "bbq_age": {"items": len(bbq), **timed_modes(model, tokenizer, bbq, args.batch_size)},
         "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
     }
-    text = json.dumps(report, indent=2)
     if args.output:
-        atomic_write_text(args.output, text + "\n")
-    print(text)
+        write_json(args.output, report)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
