@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from spectral_edit.core.options import Site, Token
-from spectral_edit.hf.capture import capture, capture_modules
+from spectral_edit.hf.capture import capture, capture_kinds, capture_modules
 from spectral_edit.hf.layers import (
     LayerNotFoundError,
     find_decoder_layers,
@@ -12,6 +12,7 @@ from spectral_edit.hf.layers import (
     site_module,
     site_modules,
 )
+from spectral_edit.hf.prefix import sliding_window
 from spectral_edit.hf.tokens import encode_pair
 
 from .tiny_models import TINY_ARCHS, make_tiny_model, make_tiny_tokenizer
@@ -207,3 +208,61 @@ def test_capture_modules_refuses_an_unknown_reading_point():
     modules = site_modules(model, [0])
     with pytest.raises(ValueError, match=r"on must be one of \('input', 'output'\)"):
         capture_modules(model, make_tiny_tokenizer(), ["x"], modules=modules, on="middle")  # type: ignore[arg-type]
+
+
+KINDS = {
+    "neutral": ["", " b", " two words", ""],
+    "positive": [" on the mat", " b c d e f g", " yes", " y z"],
+    "negative": [" under the mat", " c", " no it is not", " w"],
+}
+"""Three kinds of answer to the contexts of ``SHARED``: empty ones (read at the context's
+last token), answers of different lengths, one that begins like another."""
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("token", ["last", "mean"])
+@pytest.mark.parametrize("primer", [True, False])
+def test_kinds_of_answer_share_each_context_and_equal_one_capture_per_kind(arch, token, primer):
+    model = make_tiny_model(arch)
+    tokenizer = make_tiny_tokenizer()
+    layers = list(range(len(find_decoder_layers(model))))
+    contexts = [c if primer else c[len(PRIMER) :] for c, _ in SHARED]
+    widths: list[int] = []
+    handle = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: widths.append(args[0].shape[1])
+    )
+    try:
+        got = capture_kinds(
+            model, tokenizer, contexts, KINDS, layers=layers, token=token, batch_size=3
+        )
+    finally:
+        handle.remove()
+    assert list(got) == list(KINDS)
+    for kind, answers in KINDS.items():
+        for i, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
+            expected = _reference(model, tokenizer, context, answer, token=token)
+            torch.testing.assert_close(got[kind][i], expected, atol=1e-5, rtol=1e-4)
+    lengths = [
+        len(ctx + cont)
+        for answers in KINDS.values()
+        for ctx, cont in (
+            encode_pair(tokenizer, c, a) for c, a in zip(contexts, answers, strict=True)
+        )
+    ]
+    alone = 3 * ((1 if primer else 0) + 2)  # each kind on its own: prefix, 2 batches
+    rows = ([1] if primer else []) + [3, 9, 1, 3]  # prefix; context pass, 3x wider pass
+    if sliding_window(model) is None:
+        assert len(widths) == len(rows)
+    if len(widths) == len(rows):  # each context's tokens before its first read ran once
+        assert sum(w * n for w, n in zip(widths, rows, strict=True)) < sum(lengths)
+    else:  # only where inner padding could move a sliding window
+        assert sliding_window(model) is not None and len(widths) == alone
+
+
+def test_capture_kinds_checks_every_kind():
+    model = make_tiny_model("llama")
+    tokenizer = make_tiny_tokenizer()
+    with pytest.raises(ValueError, match="2 contexts but 1 continuations"):
+        capture_kinds(model, tokenizer, ["a", "b"], {"x": ["c", "d"], "y": ["e"]}, layers=[0])
+    with pytest.raises(ValueError, match="at least one layer"):
+        capture_kinds(model, tokenizer, ["a"], {"x": ["c"]}, layers=[])

@@ -32,7 +32,7 @@ def _editors(num_layers=2):
 def test_load_editor_dispatches_on_format(tmp_path):
     model = make_tiny_model("llama")
     ids = torch.tensor([[3, 8, 21, 40, 7]])
-    assert len(editor_classes()) == 6
+    assert len(editor_classes()) == 7  # SEA, five baselines, and compositions
     for i, editor in enumerate(_editors()):
         path = editor.save(tmp_path / f"e{i}.safetensors")
         loaded = load_editor(path, model)

@@ -23,13 +23,20 @@ from spectral_edit.experiments.settings import (
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "spectral_edit" / "experiments"
 
 # the ids every stored comparison and report uses: they must never change
+_CONTRAST_IDS = [
+    f"beta={beta},plausibility={plausibility}" for beta in (0.5, 2.0) for plausibility in (0.1, 0.0)
+]
+"""ICD and CD (issue #15): new methods, so new ids; every older method's ids are unchanged."""
+
 SETTING_IDS = {
     "none": ["default"],
-    "sea": [
-        "layers=last-4,ratio=0.99",
-        "layers=last-4,ratio=0.995",
+    "icd": _CONTRAST_IDS,
+    "cd": _CONTRAST_IDS,
+    "sea": [  # last-4 gave way to the signature heuristic (issue #15); last-8 ids unchanged
         "layers=last-8,ratio=0.99",
         "layers=last-8,ratio=0.995",
+        "layers=top-signature-8,ratio=0.99",
+        "layers=top-signature-8,ratio=0.995",
     ],
     "phi-sea": [
         "layers=last-4,feature=tanh",

@@ -23,15 +23,19 @@ from typer.core import TyperGroup
 from ..util.atomic import OutputError
 from ..util.locks import FolderInUse
 from . import (
+    analysis,
     compare,
+    compose,
     demos,
     eval_generation,  # noqa: F401  (registers `sea eval truthfulqa-gen` on the eval app)
     eval_harm,  # noqa: F401  (registers `sea eval harm` on the eval app)
     evaluate,
+    export,
     fit,
     generate,
     lm_eval,
     push,
+    sweep,
     tune,
 )
 from .common import err, fail
@@ -131,5 +135,10 @@ app.command()(fit.info)
 app.command()(compare.compare)
 app.command()(compare.demo)
 app.command()(tune.tune)
+app.command()(sweep.sweep)
+app.command()(analysis.capture)
+app.command()(analysis.inspect)
 app.command()(push.push)
+app.command()(export.export)
+app.command()(compose.compose)
 app.command("lm-eval", context_settings=lm_eval.CONTEXT_SETTINGS)(lm_eval.lm_eval)

@@ -3,7 +3,7 @@ and loading a model and an editor file."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,13 +36,39 @@ DataDirOpt = Annotated[
 ]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or auto.")]
 DeviceMapOpt = Annotated[
-    str | None, typer.Option("--device-map", help="accelerate device map, e.g. auto.")
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="accelerate device map: auto, a device, or a JSON object (or .json file) of "
+        'module names to devices, "cpu" or "disk" (with --offload-folder).',
+    ),
+]
+OffloadFolderOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--offload-folder",
+        file_okay=False,
+        help="Folder for the weights --device-map puts on disk.",
+    ),
 ]
 EDITOR_HELP = (
     "Editor .safetensors file, or one on the Hugging Face Hub: "
     "hf://owner/repo/file.safetensors, or hf://owner/repo@revision/file.safetensors."
 )
-EditorOpt = Annotated[str | None, typer.Option("--editor", "-e", help=EDITOR_HELP)]
+EditorOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--editor",
+        "-e",
+        help=EDITOR_HELP + " Repeat to compose editors (--editor A --editor B): they act in the "
+        "order given, the first listed first where several edit one module; --alpha then "
+        "scales every editor's own strength.",
+    ),
+]
+"""The editors a command applies: ``None``, or the ``--editor`` values in order (one or
+more; :func:`load_editor` and :func:`edited` take the list as it is)."""
+EditorSources = str | Path | Sequence[str | Path]
+"""An editor argument as the helpers below take it: one source, or several to compose."""
 ALL = "all"
 """The word a limit option takes for "every item" (as does leaving the option out, where
 its default is all)."""
@@ -202,35 +228,79 @@ def data_errors() -> tuple[type[Exception], ...]:
     return DataFileMissing, DataFormatError, ValueError
 
 
-def load(model: str, dtype: str | None, device_map: str | None) -> tuple[Any, Any]:
+def load(
+    model: str, dtype: str | None, device_map: str | None, offload_folder: Path | None = None
+) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of :func:`~spectral_edit.hf.models.load_model`, with a
-    spinner; a model that cannot be loaded is :func:`fail`."""
+    spinner (``device_map`` as :func:`~spectral_edit.hf.models.parse_device_map` reads
+    it); a model that cannot be loaded is :func:`fail`."""
     from ..hf.model_names import ModelLoadError
-    from ..hf.models import load_model
+    from ..hf.models import load_model, parse_device_map
+    from ..util.extras import MissingExtraError
 
-    with failing_on(ModelLoadError, OSError, ValueError), console.status(f"loading {model} …"):
-        return load_model(model, dtype=dtype, device_map=device_map)
+    with failing_on(ValueError):
+        parsed = parse_device_map(device_map)
+    errors = (ModelLoadError, MissingExtraError, OSError, ValueError)
+    with failing_on(*errors), console.status(f"loading {model} …"):
+        return load_model(model, dtype=dtype, device_map=parsed, offload_folder=offload_folder)
 
 
-def load_editor(source: str | Path, model: Any = None, alpha: float | None = None) -> Any:
+def editor_sources(source: EditorSources) -> list[str | Path]:
+    """The editor sources of an editor argument, in order (one for a single source)."""
+    if isinstance(source, (str, Path)):
+        return [source]
+    return list(source)
+
+
+def editor_label(source: EditorSources | None) -> str | list[str] | None:
+    """How a run's record names its editor argument: ``None``, the one source as a string
+    (as before compositions existed), or the list of sources in order."""
+    if source is None:
+        return None
+    sources = [str(s) for s in editor_sources(source)]
+    return sources[0] if len(sources) == 1 else sources
+
+
+def load_editor(source: EditorSources, model: Any = None, alpha: float | None = None) -> Any:
     """The editor ``source`` names, a local file or an ``hf://`` Hub reference, resolved
     here for every command (:func:`~spectral_edit.editors.registry.load_editor`), checked
-    against ``model`` if given, with strength ``alpha`` if given; an unreadable, unfitting
-    or unreachable editor is :func:`fail`; an editor fitted on another model of the same
+    against ``model`` if given, with strength ``alpha`` if given; several sources (the
+    repeated ``--editor``) are composed in their order
+    (:func:`~spectral_edit.editors.registry.load_editors`; ``alpha`` then scales every
+    member's strength). An unreadable, unfitting or unreachable editor, or editors of
+    different model shapes, is :func:`fail`; an editor fitted on another model of the same
     shape is used, with the library's warning (shown as ``warning:`` by the app)."""
     from ..editors.file_format import EditorFileError
-    from ..editors.registry import load_editor as read_editor
+    from ..editors.registry import load_editors
 
     with failing_on(EditorFileError):
-        editor = read_editor(source, model)
+        editor = load_editors(editor_sources(source), model)
     if alpha is None:
         return editor
     with failing_on(ValueError):  # a strength the editor itself refuses
         return editor.with_options(alpha=alpha)
 
 
+def warn_prompt_format(source: EditorSources, editor: Any, prompts: Any) -> None:
+    """The library's warning for every editor ``editor`` applies (a composition's members,
+    each named by its ``--editor`` source, or by its member index in one composition file)
+    that was fitted in another prompt format than ``prompts``
+    (:func:`~spectral_edit.editors.file_format.warn_if_other_prompt_format`)."""
+    from ..editors.composition import members_of
+    from ..editors.file_format import warn_if_other_prompt_format
+
+    sources = editor_sources(source)
+    members = members_of(editor)
+    for index, member in enumerate(members):
+        if len(sources) == len(members):
+            name: object = sources[index]
+        else:  # one composition file, or a mix of files and compositions
+            name = f"{', '.join(map(str, sources))} (member {index})"
+        warn_if_other_prompt_format(name, member.metadata, prompts)
+
+
 def edited(
-    model: Any, editor: str | Path | None, alpha: float | None, prompts: Any = None
+    model: Any, editor: EditorSources | None, alpha: float | None, prompts: Any = None
 ) -> AbstractContextManager[Any]:
     """A context manager applying the editor (:func:`load_editor`; or nothing) to the model;
     with ``prompts`` (a :class:`~spectral_edit.demos.prompts.PromptFormat`), an editor
@@ -240,7 +310,5 @@ def edited(
         return nullcontext()
     loaded = load_editor(editor, model, alpha)
     if prompts is not None:
-        from ..editors.file_format import warn_if_other_prompt_format
-
-        warn_if_other_prompt_format(editor, loaded.metadata, prompts)
+        warn_prompt_format(editor, loaded, prompts)
     return loaded.apply(model)

@@ -36,6 +36,14 @@ from .tables import print_table
 
 JobNeutral = Literal[Neutral.GENERATE, Neutral.PROMPT]
 """The neutral answers these jobs take: their demonstrations have no ``neutral`` field."""
+AmateurOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="CD's amateur: a Hugging Face causal LM (Hub id or folder) with the model's "
+        "tokenizer. Without it cd is skipped (the built-in Gemma 3 270M has no smaller model "
+        "with its tokenizer here)."
+    ),
+]
 
 
 def compare(
@@ -49,7 +57,7 @@ def compare(
     ] = 100,
     methods: Annotated[
         str, typer.Option(help="Comma list of methods.")
-    ] = "none,sea,phi-sea,mean-diff,pca-vector,iti,leace,lora,dola",
+    ] = "none,sea,phi-sea,mean-diff,pca-vector,iti,leace,lora,dola,icd,cd",
     per_fold: Annotated[
         int | None,
         count_option("TruthfulQA questions per fold (default: all).", "--per-fold", or_all=True),
@@ -91,6 +99,7 @@ def compare(
     device_map: DeviceMapOpt = None,
     chat_template: ChatTemplateOpt = False,
     system_prompt: SystemPromptOpt = None,
+    amateur: AmateurOpt = None,
 ) -> None:
     """Every method on the same demonstrations and questions, tuned on one TruthfulQA fold
     and reported on the other, with control tasks: report.md, report.json and a plot."""
@@ -99,12 +108,16 @@ def compare(
     from ..experiments.compare import run_compare
     from ..experiments.compare_results import CompareOptions
     from ..experiments.demo_job import load_truthfulness_demos
-    from ..experiments.methods import parse_methods
+    from ..experiments.methods import METHODS, parse_methods, with_amateur, without_amateur
 
     tasks = control_task_names(control_tasks)
     check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors(), DemoFormatError):
         names = parse_methods(methods)
+        if amateur is None:
+            names, skipped = without_amateur(names, model)
+            if skipped:
+                err.print(f"[yellow]{skipped}[/yellow]")
         folds = truthfulqa_folds(mc_file, data_dir, per_fold=per_fold)
         given = read_demos(demos) if demos is not None else None
     with failing_on(ValueError):
@@ -120,6 +133,11 @@ def compare(
             harm_gen_tokens=harm_gen_tokens,
         )
     lm, tokenizer = load(model, dtype, device_map)
+    registry = METHODS
+    if amateur is not None and "cd" in names:
+        amateur_lm, amateur_tokenizer = load(amateur, dtype, device_map)
+        with failing_on(ValueError):
+            registry = with_amateur(METHODS, lm, tokenizer, amateur_lm, amateur_tokenizer, amateur)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(*data_errors()):  # HaluEval demonstrations are built in the format
         if given is None:
@@ -136,6 +154,7 @@ def compare(
             out,
             data_dir=data_dir,
             model_name=model,
+            registry=registry,
             echo=console.print,
             progress=True,
             prompt_format=prompts,

@@ -19,6 +19,7 @@ from .common import (
     EditorOpt,
     LimitOpt,
     ModelOpt,
+    OffloadFolderOpt,
     OutFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
@@ -26,6 +27,7 @@ from .common import (
     count_option,
     data_errors,
     edited,
+    editor_label,
     failing_on,
     load,
     prompt_format,
@@ -52,6 +54,7 @@ def eval_truthfulqa_gen(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """TruthfulQA generation as lm-eval's truthfulqa_gen scores it: BLEU/ROUGE max, acc
     (percent) and diff, plus info (percent informative); per-question JSON Lines + summary."""
@@ -62,7 +65,7 @@ def eval_truthfulqa_gen(
     check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors()):
         rows = truthfulqa_rows(data_dir, fold=fold, limit=limit)
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(MissingExtraError), too_long(), edited(lm, editor, alpha, prompts):
         result = evaluate_truthfulqa_gen(
@@ -74,7 +77,7 @@ def eval_truthfulqa_gen(
             progress=True,
             prompt_format=prompts,
         )
-    run = {"model": model, "editor": str(editor) if editor else None, "alpha": alpha}
+    run = {"model": model, "editor": editor_label(editor), "alpha": alpha}
     result.write(out, {**run, "fold": fold, "task": "truthfulqa_gen"})
     s = result.summary
     print_table(

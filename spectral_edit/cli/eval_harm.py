@@ -16,17 +16,20 @@ from .common import (
     DtypeOpt,
     EditorOpt,
     ModelOpt,
+    OffloadFolderOpt,
     OutFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
     console,
     count_option,
     data_errors,
+    editor_label,
     failing_on,
     load,
     load_editor,
     prompt_format,
     too_long,
+    warn_prompt_format,
 )
 from .evaluate import McFileOpt, app
 from .tables import print_table
@@ -55,10 +58,10 @@ def eval_harm(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """Harm measures: KL(edited || unedited) on neutral text, repeated 4-grams, distinct-2
     and fluency perplexity of free generations, unedited beside edited."""
-    from ..editors.file_format import warn_if_other_prompt_format
     from ..evaluate.harm import (
         build_harm_reference,
         default_prompts,
@@ -69,13 +72,13 @@ def eval_harm(
     check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors()):
         texts = neutral_texts(data_dir, limit)
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     fmt = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(*data_errors()):
         prompts = default_prompts(data_dir, limit, mc_file=mc_file, prompt_format=fmt)
     sea = None if editor is None else load_editor(editor, lm, alpha)
-    if sea is not None:
-        warn_if_other_prompt_format(editor, sea.metadata, fmt)
+    if editor is not None:
+        warn_prompt_format(editor, sea, fmt)
     with failing_on(ValueError), too_long():
         reference = build_harm_reference(
             lm,
@@ -89,7 +92,7 @@ def eval_harm(
         )
     with too_long():
         result = evaluate_harm(lm, tokenizer, sea, reference, progress=True)
-    run = {"model": model, "editor": str(editor) if editor else None, "alpha": alpha}
+    run = {"model": model, "editor": editor_label(editor), "alpha": alpha}
     result.write(out, {**run, "mc_file": mc_file, "limit": limit})
     s = result.summary
     print_table(

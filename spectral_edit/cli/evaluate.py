@@ -20,6 +20,7 @@ from .common import (
     EditorOpt,
     LimitOpt,
     ModelOpt,
+    OffloadFolderOpt,
     OutFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
@@ -28,6 +29,7 @@ from .common import (
     count_option,
     data_errors,
     edited,
+    editor_label,
     failing_on,
     load,
     prompt_format,
@@ -55,6 +57,7 @@ def eval_truthfulqa(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """TruthfulQA MC1/MC2/MC3 (per-question JSON Lines + summary JSON)."""
     from ..data.splits import truthfulqa_questions
@@ -63,13 +66,13 @@ def eval_truthfulqa(
     check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors()):
         questions = truthfulqa_questions(mc_file, data_dir, fold=fold, limit=limit)
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with too_long(), edited(lm, editor, alpha, prompts):
         result = evaluate_truthfulqa(
             lm, tokenizer, questions, batch_size=batch_size, progress=True, prompt_format=prompts
         )
-    run = {"model": model, "editor": str(editor) if editor else None, "alpha": alpha}
+    run = {"model": model, "editor": editor_label(editor), "alpha": alpha}
     result.write(out, {**run, "mc_file": mc_file, "fold": fold})
     s = result.summary
     print_table(
@@ -100,6 +103,7 @@ def eval_bbq(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """BBQ accuracy, unknown rate, bias score and stereotype rate (ambiguous/disambiguated)."""
     from ..data.splits import bbq_split
@@ -109,7 +113,7 @@ def eval_bbq(
     with failing_on(*data_errors()):
         _, items = bbq_split(held_out_from, seed, data_dir)
     items = items if limit is None else items[:limit]
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with too_long(), edited(lm, editor, alpha, prompts):
         result = evaluate_bbq(
@@ -142,6 +146,7 @@ def eval_crows_pairs(
     batch_size: BatchOpt = 16,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """CrowS-Pairs: % of pairs whose more-stereotypical sentence scores higher."""
     from ..data import DataFormatError, load_crows_pairs
@@ -150,7 +155,7 @@ def eval_crows_pairs(
     with failing_on(DataFormatError, OSError):
         pairs = load_crows_pairs(file)
     pairs = pairs if limit is None else pairs[:limit]
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     with too_long(), edited(lm, editor, alpha):
         result = evaluate_crows_pairs(lm, tokenizer, pairs, batch_size=batch_size, progress=True)
     result.write(out)
@@ -176,6 +181,7 @@ def eval_control(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """Control tasks (log-likelihood multiple choice; gsm8k by greedy generation, skipped
     under --chat-template)."""
@@ -183,7 +189,7 @@ def eval_control(
 
     names = control_task_names(tasks, "--tasks")
     check_prompt_options(chat_template, system_prompt)
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(*data_errors()), too_long(), edited(lm, editor, alpha, prompts):
         result = evaluate_control(

@@ -16,6 +16,7 @@ from .common import (
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    OffloadFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
     choice_metavar,
@@ -99,6 +100,15 @@ def fit(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
+    shard_layers: Annotated[
+        bool,
+        typer.Option(
+            "--shard-layers",
+            help="Under torchrun: each process keeps and fits only its share of the layers "
+            "(the fit's memory per process ÷ processes); the same editor.",
+        ),
+    ] = False,
 ) -> None:
     """Fit a SEA editor on a demonstrations file (with --chat-template: prompts not yet in
     the template become its user turn; the editor records the template)."""
@@ -135,7 +145,7 @@ def fit(
     with process_group_from_environment() as (rank, size):  # torchrun: one rank each
         if size > 1 and device_map is None and torch.cuda.is_available():
             device_map = f"cuda:{torch.cuda.current_device()}"
-        lm, tokenizer = load(model, dtype, device_map)
+        lm, tokenizer = load(model, dtype, device_map, offload_folder)
         prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
         with failing_on(ValueError, LookupError):
             editor = fit_editor(
@@ -147,11 +157,13 @@ def fit(
                 progress=True,
                 metadata=demos_file_metadata(demos),
                 prompt_format=prompts,
+                shard_layers=shard_layers,
             )
     if rank != 0:
         return  # rank 0 writes the editor of every rank's demonstrations
     editor.save(out)
     ranks = f" over {size} processes" if size > 1 else ""
+    ranks += ", layers sharded" if size > 1 and shard_layers else ""
     print_table(
         f"editor {out}: {len(records)} demonstrations{ranks}",
         RANK_HEADERS,

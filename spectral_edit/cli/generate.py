@@ -17,6 +17,7 @@ from .common import (
     DtypeOpt,
     EditorOpt,
     ModelOpt,
+    OffloadFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
     console,
@@ -25,6 +26,7 @@ from .common import (
     load_editor,
     prompt_format,
     too_long,
+    warn_prompt_format,
 )
 
 _SHELL_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
@@ -52,14 +54,14 @@ def generate(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """Greedy continuations, unedited and (with --editor) edited, side by side; with
     --chat-template each prompt is a user turn and the reply is generated."""
-    from ..editors.file_format import warn_if_other_prompt_format
     from ..hf.generation import ANSWER_STOPS, generate_greedy
 
     check_prompt_options(chat_template, system_prompt)
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     fmt = prompt_format(tokenizer, model, chat_template, system_prompt)
     shown = [decode_shell_escapes(p) for p in prompts]
     prompts = [fmt.prompt(p, p) for p in shown]
@@ -82,7 +84,7 @@ def generate(
     table.add_column("unedited")
     if editor is not None:
         sea = load_editor(editor, lm, alpha)
-        warn_if_other_prompt_format(editor, sea.metadata, fmt)
+        warn_prompt_format(editor, sea, fmt)
         with sea.apply(lm):
             columns.append(run())
         table.add_column(f"edited (α={sea.alpha:g})")

@@ -1,10 +1,10 @@
 """``sea lm-eval``: any lm-evaluation-harness task under an editor.
 
-Every argument but ``--editor`` and ``--alpha`` is lm-eval's own (``--tasks``,
-``--model_args pretrained=M,...``, ``--include_path``, ``--limit``, ``--output_path``,
-...), parsed by lm-eval's command line with the ``spectral-edit`` model
-(:mod:`spectral_edit.integrations.lm_eval`); ``pretrained`` defaults to the built-in
-model. The editor file and strength are checked before lm-eval starts.
+Every argument but ``--editor`` (repeated: a composition, in that order) and ``--alpha``
+is lm-eval's own (``--tasks``, ``--model_args pretrained=M,...``, ``--include_path``,
+``--limit``, ``--output_path``, ...), parsed by lm-eval's command line with the
+``spectral-edit`` model (:mod:`spectral_edit.integrations.lm_eval`); ``pretrained``
+defaults to the built-in model. The editor file and strength are checked before lm-eval starts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from .common import AlphaOpt, EditorOpt, fail, failing_on, load_editor
+from .common import AlphaOpt, EditorOpt, editor_label, fail, failing_on, load_editor
 
 CONTEXT_SETTINGS: dict[str, Any] = {"allow_extra_args": True, "ignore_unknown_options": True}
 """The command passes every argument it does not know on to lm-eval."""
@@ -39,7 +39,7 @@ def lm_eval(ctx: typer.Context, editor: EditorOpt = None, alpha: AlphaOpt = None
         raise fail("--alpha needs --editor")
     if editor is not None:
         with failing_on(UnsupportedEditorError):
-            check_editor_positions(load_editor(editor, alpha=alpha), str(editor))
+            check_editor_positions(load_editor(editor, alpha=alpha), str(editor_label(editor)))
     with failing_on(ValueError):
         argv = cli_arguments(ctx.args, editor, alpha)
     with failing_on(EditorFileError, UnsupportedEditorError, ModelLoadError):

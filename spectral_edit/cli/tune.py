@@ -29,10 +29,10 @@ from .common import (
     load,
     prompt_format,
 )
-from .compare import JobNeutral
+from .compare import AmateurOpt, JobNeutral
 from .tables import print_table
 
-TUNED_METHODS = "sea,phi-sea,mean-diff,pca-vector,iti,leace,lora"
+TUNED_METHODS = "sea,phi-sea,mean-diff,pca-vector,iti,leace,lora,icd,cd"
 
 
 def tune(
@@ -102,12 +102,13 @@ def tune(
     device_map: DeviceMapOpt = None,
     chat_template: ChatTemplateOpt = False,
     system_prompt: SystemPromptOpt = None,
+    amateur: AmateurOpt = None,
 ) -> None:
     """Calibrate each method's α to the largest target within the harm budget on a tuning
     part, report it held out: report.md, report.json and pareto.png."""
     from ..demos.format import DemoFormatError
     from ..experiments.calibrate import Budget
-    from ..experiments.methods import parse_methods
+    from ..experiments.methods import METHODS, parse_methods, with_amateur, without_amateur
     from ..experiments.tune import TUNE_CONFIGS, load_kl_texts, parse_alpha_ranges, run_tune
     from ..experiments.tune_results import TuneOptions
     from ..experiments.tune_targets import load_tune_data
@@ -115,8 +116,13 @@ def tune(
     tasks = control_task_names(control_tasks)
     check_prompt_options(chat_template, system_prompt)
     with failing_on(*data_errors(), DemoFormatError):
+        names = parse_methods(methods)
+        if amateur is None:
+            names, skipped = without_amateur(names, model)
+            if skipped:
+                err.print(f"[yellow]{skipped}[/yellow]")
         options = TuneOptions(
-            methods=tuple(parse_methods(methods)),
+            methods=tuple(names),
             budget=Budget(control_points=budget_control, kl_nats=budget_kl),
             evaluations=evaluations,
             alpha_ranges=parse_alpha_ranges(alpha_range or []),
@@ -130,6 +136,11 @@ def tune(
         )
         texts = load_kl_texts(2 * kl_texts, data_dir)
     lm, tokenizer = load(model, dtype, device_map)
+    registry = METHODS
+    if amateur is not None and "cd" in names:
+        amateur_lm, amateur_tokenizer = load(amateur, dtype, device_map)
+        with failing_on(ValueError):
+            registry = with_amateur(METHODS, lm, tokenizer, amateur_lm, amateur_tokenizer, amateur)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(*data_errors(), DemoFormatError):  # demonstrations built in the format
         data = load_tune_data(
@@ -155,6 +166,7 @@ def tune(
             data_dir=data_dir,
             model_name=model,
             demos_source=data.source,
+            registry=registry,
             configs={m: c[:1] for m, c in TUNE_CONFIGS.items()} if first_config else TUNE_CONFIGS,
             echo=console.print,
             progress=True,

@@ -7,6 +7,12 @@ fitter's sums are all-reduced (:func:`all_reduce_sum`); the thin SVD route's kep
 activations are gathered (:func:`all_gather_rows`). With the NCCL backend the tensors
 travel through the rank's current CUDA device and come back to where they live.
 
+Sharded by layer (:meth:`~spectral_edit.core.statistics.SpectralStatistics.shard_layers`),
+rank ``r`` owns the contiguous block :func:`layer_block` of the fitted layers: each
+layer's sums are reduced to their owner only (:func:`reduce_sum_to`, reduce-scatter
+semantics one layer at a time) or its rows gathered there (:func:`gather_rows_to`), and
+the small fitted factors come back to every rank (:func:`all_gather_objects`).
+
 :func:`process_group_from_environment` starts the default group where a launcher
 (``torchrun``) has set ``WORLD_SIZE`` > 1 and none is running yet: NCCL where CUDA is
 available, else Gloo.
@@ -17,9 +23,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def world() -> tuple[int, int]:
@@ -39,9 +48,20 @@ def share(count: int, rank: int, size: int) -> range:
     """
     if count < size:
         raise ValueError(f"{count} demonstrations cannot be split over {size} processes")
+    return layer_block(count, rank, size)
+
+
+def layer_block(count: int, rank: int, size: int) -> range:
+    """The contiguous block of ``count`` items (layers) rank ``rank`` of ``size`` owns:
+    the split of :func:`share`, but a rank may own none (``count < size``)."""
     base, extra = divmod(count, size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (1 if rank < extra else 0))
+
+
+def owner_of(index: int, count: int, size: int) -> int:
+    """The rank whose :func:`layer_block` of ``count`` items holds item ``index``."""
+    return next(r for r in range(size) if index in layer_block(count, r, size))
 
 
 def _comm_device(tensor: torch.Tensor) -> torch.device:
@@ -82,6 +102,51 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, padded)
     rows = [part[: int(n)] for part, n in zip(parts, counts.tolist(), strict=True)]
     return torch.cat(rows).to(tensor.device)
+
+
+def reduce_sum_to(tensor: torch.Tensor, owner: int) -> None:
+    """Sum ``tensor`` over every rank into rank ``owner``'s ``tensor``, in place; the other
+    ranks' ``tensor`` is left undefined (a no-op in one process). One layer's sums at a
+    time, this is a reduce-scatter whose input never has to be whole on any rank."""
+    rank, size = world()
+    if size == 1:
+        return
+    device = _comm_device(tensor)
+    moved = tensor if device == tensor.device else tensor.to(device)
+    dist.reduce(moved, dst=owner, op=dist.ReduceOp.SUM)
+    if rank == owner and moved is not tensor:
+        tensor.copy_(moved)
+
+
+def gather_rows_to(tensor: torch.Tensor, owner: int) -> torch.Tensor | None:
+    """On rank ``owner``, every rank's ``tensor`` ``(n_r, ...)`` concatenated along rows
+    in rank order (as :func:`all_gather_rows`); ``None`` on the other ranks. One
+    process: ``tensor``."""
+    rank, size = world()
+    if size == 1:
+        return tensor
+    device = _comm_device(tensor)
+    counts = torch.zeros(size, dtype=torch.long, device=device)
+    counts[rank] = tensor.shape[0]
+    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    padded = torch.zeros((int(counts.max()), *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    padded[: tensor.shape[0]] = tensor.to(device)
+    parts = [torch.empty_like(padded) for _ in range(size)] if rank == owner else None
+    dist.gather(padded, parts, dst=owner)
+    if parts is None:
+        return None
+    rows = [part[: int(n)] for part, n in zip(parts, counts.tolist(), strict=True)]
+    return torch.cat(rows).to(tensor.device)
+
+
+def all_gather_objects(value: T) -> list[T]:
+    """Every rank's picklable ``value``, in rank order (``[value]`` in one process)."""
+    size = world()[1]
+    if size == 1:
+        return [value]
+    gathered: list[Any] = [None] * size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def launched_ranks() -> int:

@@ -57,6 +57,13 @@ def energy_fractions(singular_values: torch.Tensor) -> torch.Tensor:
     return energy.cumsum(0) / energy.sum()
 
 
+def energy_shares(singular_values: torch.Tensor) -> torch.Tensor:
+    """Each direction's share ``s_j² / Σ s²`` of the energy ``(m,)`` (float64, summing to
+    1; the differences of :func:`energy_fractions`)."""
+    energy = singular_values.double().square()
+    return energy / energy.sum()
+
+
 def dense_projections(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``(P+, P-)``, each ``(d, d)``, from factors ``(d, k+)`` and ``(d, k-)``.
 

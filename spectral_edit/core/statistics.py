@@ -13,17 +13,34 @@ features (centred if asked) and ``X^T = Q R`` (thin QR), ``Ω± = X^T Y± / N = 
 so the SVD ``R Y± / N = W S V^T`` of an ``(N, d)`` matrix gives ``U± = Q W`` and the same
 singular values as the ``(d, d)`` SVD: ``O(d N^2)`` instead of ``O(d^3)`` work. The
 subspaces (hence the projections) are the same as the dense route's.
+
+Across K processes the statistics are either all-reduced (:meth:`SpectralStatistics.
+all_reduce`: every rank holds every layer's sums) or sharded by layer
+(:meth:`SpectralStatistics.shard_layers`: rank ``r`` keeps only its block of about
+``L/K`` layers, with every rank's demonstrations in them). Sharded statistics keep each
+rank's activations, not the ``d × d`` sums, until the sharding, which then reduces one
+layer's sums at a time to its owner: no rank ever holds more than its own layers' sums
+and one layer's partial sums.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .distributed import all_gather_rows, all_reduce_sum, world
+from .distributed import (
+    all_gather_rows,
+    all_reduce_sum,
+    gather_rows_to,
+    layer_block,
+    owner_of,
+    reduce_sum_to,
+    world,
+)
 from .features import get_feature_map
 from .options import Feature, SvdRoute, check_rank
 
@@ -111,6 +128,15 @@ def check_ranks(hidden_size: int, **ranks: int | None) -> dict[str, int | None]:
     return checked
 
 
+def signature_from_sums(sum_pos: torch.Tensor, sum_neg: torch.Tensor, count: int) -> torch.Tensor:
+    """The layer signature (method.md) ``(L,)`` from the per-layer sums ``Σ φ(h+)`` and
+    ``Σ φ(h-)`` ``(L, d)`` of ``count`` demonstrations: the nuclear norm of
+    ``A = X Z^T / 2N = [Σ φ(h+), Σ φ(h-)] / 2N`` ``(d, 2)``, the one-hot labels ``Z``
+    summing each set's columns."""
+    a = torch.stack([sum_pos, sum_neg], dim=-1) / (2 * count)
+    return torch.linalg.svdvals(a).sum(-1)
+
+
 def _non_finite_message(name: str, bad: torch.Tensor, layers: Sequence[int], first: int) -> str:
     """What :meth:`SpectralStatistics.update` says of non-finite ``name`` activations:
     ``bad`` is the ``(B, L)`` mask of rows and layers holding NaN or Inf, ``first`` the
@@ -124,6 +150,18 @@ def _non_finite_message(name: str, bad: torch.Tensor, layers: Sequence[int], fir
         "there. Load it in float32 (sea --dtype float32), fit other layers (--layers), or "
         "check that demonstration"
     )
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What sharded statistics (:meth:`SpectralStatistics.shard_layers`) remember of the
+    whole: every fitted layer (model indices, array order), their Φ-SEA scales, and the
+    number of ranks sharing them (rank ``r`` holds the ``r``-th
+    :func:`~spectral_edit.core.distributed.layer_block`)."""
+
+    layers: tuple[int, ...]
+    feature_scales: tuple[float, ...] | None
+    size: int
 
 
 class SpectralStatistics:
@@ -141,6 +179,11 @@ class SpectralStatistics:
             raw activations (``3 N L d`` values in their own dtype) besides the sums;
             ``auto`` drops them as soon as ``N`` reaches ``d``, where the dense SVD is as
             cheap.
+        sharded: these statistics will be sharded by layer across the ranks of the
+            default process group (:meth:`shard_layers`): until then they keep each
+            batch given to :meth:`update` (by reference where it is already a float
+            tensor on ``device``: do not modify it), never the ``d × d`` sums, whatever
+            ``svd`` says (which still chooses the route after the sharding).
     """
 
     def __init__(
@@ -153,8 +196,12 @@ class SpectralStatistics:
         feature_scales: Sequence[float] | None = None,
         device: torch.device | str = "cpu",
         svd: SvdRoute | str = SvdRoute.AUTO,
+        sharded: bool = False,
     ) -> None:
         self.svd = SvdRoute.parse(svd, "svd")
+        self.sharded = bool(sharded)
+        self.shard: Shard | None = None
+        """Set by :meth:`shard_layers`: the whole these statistics are one block of."""
         self.layers = check_layer_ids(layers)
         self.hidden_size = int(hidden_size)
         self.centered = centered
@@ -171,7 +218,7 @@ class SpectralStatistics:
         # Σ φ(h) φ(h±)ᵀ per layer, (L, d, d) each: allocated only off the thin route (the
         # dense route, or auto once N reaches d), so a thin fit takes O(N L d) memory
         self._cross: tuple[torch.Tensor, torch.Tensor] | None = None
-        if self.svd is SvdRoute.DENSE:
+        if self.svd is SvdRoute.DENSE and not self.sharded:
             self._cross = (self._zeros_cross(), self._zeros_cross())
         self.sum_neutral = torch.zeros(layers_, d, dtype=torch.float64, device=device)
         self.sum_pos = torch.zeros(layers_, d, dtype=torch.float64, device=device)
@@ -183,7 +230,7 @@ class SpectralStatistics:
         self._spectra: dict[SvdRoute, list[Spectrum]] = {}  # route → spectra
         # raw (neutral, positive, negative) batches for the thin route; None once dropped
         self._samples: list[tuple[torch.Tensor, ...]] | None = (
-            [] if self.svd is not SvdRoute.DENSE else None
+            [] if self.svd is not SvdRoute.DENSE or self.sharded else None
         )
 
     def _zeros_cross(self) -> torch.Tensor:
@@ -265,10 +312,19 @@ class SpectralStatistics:
         """Add a batch; each array is ``(B, L, d)`` (torch or numpy), rows aligned.
 
         Raises:
-            FitError: misshapen or non-finite activations (nothing is added then).
+            FitError: misshapen or non-finite activations (nothing is added then), or
+                statistics already sharded (:meth:`shard_layers`).
         """
+        if self.shard is not None:
+            raise FitError(
+                "these statistics were sharded by layer (shard_layers): they take no more "
+                "demonstrations"
+            )
         h, hp, hn = self._checked(neutral, positive, negative)
-        if self._samples is not None:
+        if self.sharded:  # keep the batch (no copy) until shard_layers; no d × d sums
+            assert self._samples is not None
+            self._samples.append(tuple(x.to(self.device) for x in (h, hp, hn)))
+        elif self._samples is not None:
             if self.svd is SvdRoute.AUTO and self.count + h.shape[0] >= self.hidden_size:
                 self._cross_sums()  # N reaches d: the dense route from here on
                 self._samples = None
@@ -295,6 +351,8 @@ class SpectralStatistics:
         activations gathered in rank order, dropped on every rank where the total
         ``N`` reaches ``d`` under ``auto``. A no-op in one process. Every rank must
         call it (a collective), after its last :meth:`update`."""
+        if self.shard is not None:
+            raise FitError("these statistics were sharded by layer (shard_layers) already")
         if world()[1] == 1:
             return
         count = torch.tensor([self.count], dtype=torch.long)
@@ -316,6 +374,110 @@ class SpectralStatistics:
             all_reduce_sum(tensor)
         self.count = total
         self._spectra.clear()
+
+    @torch.no_grad()
+    def shard_layers(self) -> range:
+        """Make these the statistics of every rank's demonstrations at this rank's block
+        of the layers only, and return that block (array indices of :attr:`layers`).
+
+        Rank ``r`` of K owns the ``r``-th contiguous
+        :func:`~spectral_edit.core.distributed.layer_block` of the L layers (about
+        ``L/K``; none where ``L < K``). Route (from ``svd`` and the total ``N``): dense,
+        each layer's partial cross sums ``(2, d, d)`` are computed from this rank's kept
+        activations and reduced to the layer's owner, one layer at a time
+        (:func:`~spectral_edit.core.distributed.reduce_sum_to`: a reduce-scatter whose
+        input is never whole); thin, each layer's rows are gathered at its owner. The
+        ``(L, d)`` sums are all-reduced (they are small). Afterwards :attr:`layers`,
+        :attr:`feature_scales` and every sum cover the block, :attr:`count` is the
+        total and :attr:`shard` remembers the whole; no more :meth:`update`. One
+        process: the block is every layer. Every rank must call it (a collective),
+        after its last :meth:`update`, on statistics made with ``sharded=True``.
+        """
+        if not self.sharded or self.shard is not None:
+            raise FitError("shard_layers needs statistics made with sharded=True, not sharded yet")
+        rank, size = world()
+        count = torch.tensor([self.count], dtype=torch.long)
+        all_reduce_sum(count)
+        total = int(count)
+        thin = self.svd is SvdRoute.THIN or (self.svd is SvdRoute.AUTO and total < self.hidden_size)
+        layers_ = len(self.layers)
+        mine = layer_block(layers_, rank, size)
+        if thin:
+            owned: list[torch.Tensor] = []
+            for index in range(layers_):
+                rows = gather_rows_to(
+                    self._layer_rows(index, raw=True), owner_of(index, layers_, size)
+                )
+                if rows is not None:
+                    owned.append(rows)  # (N, 3, d): this layer's rows of every rank
+            self._samples = [
+                tuple(
+                    torch.stack([rows[:, k] for rows in owned], dim=1)
+                    if owned
+                    else torch.zeros(total, 0, self.hidden_size, device=self.device)
+                    for k in range(3)
+                )
+            ]
+            self._cross = None
+        else:
+            d = self.hidden_size
+            cross = torch.zeros(2, len(mine), d, d, dtype=torch.float64, device=self.device)
+            for index in range(layers_):
+                partial = self._local_cross(index)  # (2, d, d): this rank's rows only
+                owner = owner_of(index, layers_, size)
+                reduce_sum_to(partial, owner)
+                if owner == rank:
+                    cross[:, index - mine.start] = partial
+                del partial
+            self._samples = None
+            self._cross = (cross[0], cross[1])
+        for tensor in (
+            self.sum_neutral,
+            self.sum_pos,
+            self.sum_neg,
+            self.sum_sq,
+            self.clipped_count,
+        ):
+            all_reduce_sum(tensor)
+        self.shard = Shard(self.layers, self.feature_scales, size)
+        self.layers = tuple(self.layers[i] for i in mine)
+        if self.feature_scales is not None:
+            self.feature_scales = tuple(self.feature_scales[i] for i in mine)
+        block = slice(mine.start, mine.stop)
+        self.sum_neutral = self.sum_neutral[block].clone()
+        self.sum_pos = self.sum_pos[block].clone()
+        self.sum_neg = self.sum_neg[block].clone()
+        self.sum_sq = self.sum_sq[:, block].clone()
+        self.clipped_count = self.clipped_count[block].clone()
+        self.count = total
+        self._spectra.clear()
+        return mine
+
+    def _layer_rows(self, index: int, raw: bool = False) -> torch.Tensor:
+        """The kept rows of the layer at ``index`` (array order) as ``(n, 3, d)``: the
+        neutral, positive and negative activations of every kept batch (``raw``: in
+        their own dtype; else as float64 features)."""
+        assert self._samples is not None
+        sets = [
+            torch.cat([part[:, index] for part in parts])
+            if parts
+            else torch.zeros(0, self.hidden_size, device=self.device)
+            for parts in ([batch[k] for batch in self._samples] for k in range(3))
+        ]
+        rows = torch.stack(sets, dim=1)
+        if raw:
+            return rows
+        return self._features(rows.reshape(-1, 1, self.hidden_size), index).reshape(rows.shape)
+
+    def _local_cross(self, index: int) -> torch.Tensor:
+        """This rank's ``(Σ φ(h) φ(h+)ᵀ, Σ φ(h) φ(h-)ᵀ)`` of the layer at ``index``, as
+        ``(2, d, d)`` float64: from the cross sums where they are held, else from the
+        kept activations."""
+        if self._cross is not None:
+            return torch.stack([self._cross[0][index], self._cross[1][index]])
+        rows = self._layer_rows(index)  # (n, 3, d) features
+        x = rows[:, 0]
+        return torch.stack([x.T @ rows[:, 1], x.T @ rows[:, 2]])
 
     def _require_data(self) -> None:
         if self.count == 0:
@@ -405,8 +567,7 @@ class SpectralStatistics:
 
     def signatures(self) -> torch.Tensor:
         """Per-layer signature ``(L,)``: nuclear norm of ``A = X Z^T / 2N`` (method.md)."""
-        a = torch.stack([self.sum_pos, self.sum_neg], dim=-1) / (2 * self.count)
-        return torch.linalg.svdvals(a).sum(-1)
+        return signature_from_sums(self.sum_pos, self.sum_neg, self.count)
 
     def clipped_shares(self) -> list[float]:
         """Per layer, the share of neutral coordinates (of ``N d``) whose float32
@@ -416,8 +577,12 @@ class SpectralStatistics:
 
     @property
     def svd_route(self) -> SvdRoute:
-        """The route :meth:`spectra` takes now: ``thin`` while activations are kept."""
-        return SvdRoute.THIN if self._samples is not None else SvdRoute.DENSE
+        """The route :meth:`spectra` takes now: ``thin`` while activations are kept (and
+        ``svd`` allows: sharded statistics keep them under ``dense`` too)."""
+        thin = self.svd is SvdRoute.THIN or (
+            self.svd is SvdRoute.AUTO and self.count < self.hidden_size
+        )
+        return SvdRoute.THIN if self._samples is not None and thin else SvdRoute.DENSE
 
     def spectra(self, route: SvdRoute | str | None = None) -> list[Spectrum]:
         """Per layer ``(U+, s+, U-, s-)``: left singular vectors ``(d, m)`` and descending
@@ -461,13 +626,10 @@ class SpectralStatistics:
         return u_pos, s_pos, u_neg, s_neg
 
     def _thin_spectrum(self, index: int) -> Spectrum:
-        assert self._samples is not None
         n = self.count
         # this layer's rows of every kept batch: (N, d) per set, no copy of all layers
-        x, yp, yn = (
-            self._features(torch.cat([part[:, index : index + 1] for part in parts]), index)[:, 0]
-            for parts in zip(*self._samples, strict=True)
-        )
+        rows = self._layer_rows(index)
+        x, yp, yn = rows[:, 0], rows[:, 1], rows[:, 2]
         if self.centered:
             # centring x alone centres the product: (x - 1 x̄)ᵀ 1 = 0, so
             # (x - 1 x̄)ᵀ (y - 1 ȳ) = (x - 1 x̄)ᵀ y

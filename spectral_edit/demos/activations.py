@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..core.options import Neutral, Site, Token
-from ..hf.capture import capture
+from ..hf.capture import capture_kinds
 from ..hf.generation import generate_greedy
 from .format import Demonstration
 from .prompts import PLAIN, PromptFormat
@@ -125,19 +125,16 @@ def capture_demos(
         "positive": [prompt_format.answer(d.positive) for d in demos],
         "negative": [prompt_format.answer(d.negative) for d in demos],
     }
-    captured = {
-        kind: capture(
-            model,
-            tokenizer,
-            prompts,
-            texts,
-            layers=layers,
-            site=site,
-            token=token,
-            batch_size=batch_size,
-            layer_path=layer_path,
-            progress=f"{kind} activations" if progress else False,
-        )
-        for kind, texts in answers.items()
-    }
+    captured = capture_kinds(
+        model,
+        tokenizer,
+        prompts,
+        answers,
+        layers=layers,
+        site=site,
+        token=token,
+        batch_size=batch_size,
+        layer_path=layer_path,
+        progress="activations" if progress else False,
+    )
     return DemoActivations(**captured, layers=tuple(layers))

@@ -172,14 +172,28 @@ class EditorBase:
         fmt = cls.FORMAT
         header, tensors = read_editor_file(path, fmt.name, fmt.version, fmt.required)
         try:
-            editor = cls(**fmt.decode(cls, header, tensors))
-            fmt.check_written_only(editor, header)
+            editor = cls.from_header(header, tensors)
             if model is not None:
                 editor.check_model(model)
         except (ValueError, TypeError, LookupError) as error:  # EditorFileError is a ValueError
             raise EditorFileError(f"{path}: {error}") from error
         if model is not None:
             warn_if_other_model(path, editor.metadata, model)
+        return editor
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Self:
+        """The editor a checked header of this kind and its tensors hold (decoded by
+        :attr:`FORMAT`; the entries written for readers only must agree with it).
+
+        Raises:
+            ValueError, TypeError, LookupError: a field of the wrong type or value, tensors
+                other than the header names, or an invalid editor (:meth:`load` names the
+                file in an :class:`EditorFileError`).
+        """
+        fmt = cls.FORMAT
+        editor = cls(**fmt.decode(cls, header, tensors))
+        fmt.check_written_only(editor, header)
         return editor
 
     def push_to_hub(

@@ -101,6 +101,16 @@ def write_editor_file(
     return path
 
 
+def editor_header(editor: Any) -> dict[str, Any]:
+    """The header the file of ``editor`` (any class with a ``FORMAT``) holds, as
+    :func:`write_editor_file` writes it (JSON values, ``content_sha256`` included), without
+    writing a file: the editor's identity wherever it came from."""
+    tensors, header = editor.FORMAT.encode(editor)
+    stored = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    plain = json.loads(json.dumps(dict(header), default=_json_default))
+    return {**plain, "content_sha256": content_hash(stored, plain)}
+
+
 def _read(path: Path, with_tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The JSON header (a dict, unchecked beyond that) and, if asked, the tensors."""
     if path.is_dir():
@@ -176,26 +186,39 @@ def read_editor_file(
     """Read and check an editor file of kind ``format_name``; returns (header, tensors)."""
     path = Path(path)
     header, tensors = _read(path, with_tensors=True)
-    for key in ("format", "format_version"):
-        if key not in header:
-            raise EditorFileError(f"{path}: editor metadata lacks {key}")
-    if header["format"] != format_name:
-        raise EditorFileError(f"{path}: format {header['format']!r} is not {format_name!r}")
-    if header["format_version"] != format_version:
-        raise EditorFileError(
-            f"{path}: format version {header['format_version']} is not supported "
-            f"(this library reads version {format_version}): upgrade spectral-edit, or refit "
-            "the editor with this release"
-        )
-    missing = [key for key in ("content_sha256", *required) if key not in header]
-    if missing:
-        raise EditorFileError(f"{path}: editor metadata lacks {', '.join(missing)}")
+    check_header(header, format_name, format_version, ("content_sha256", *required), str(path))
     if content_hash(tensors, header) != header["content_sha256"]:
         raise EditorFileError(
             f"{path}: content hash mismatch; the file is corrupted or edited: {_REDO}"
         )
     _check_finite_tensors(path, tensors, "refusing to load")
     return header, tensors
+
+
+def check_header(
+    header: Mapping[str, Any],
+    format_name: str,
+    format_version: int,
+    required: tuple[str, ...],
+    where: str,
+) -> None:
+    """Raise :class:`EditorFileError` (the message starting with ``where``, e.g. the file)
+    unless ``header`` names the format ``format_name`` at ``format_version`` and holds
+    every ``required`` key (the header of a file, or of one member of a composition)."""
+    for key in ("format", "format_version"):
+        if key not in header:
+            raise EditorFileError(f"{where}: editor metadata lacks {key}")
+    if header["format"] != format_name:
+        raise EditorFileError(f"{where}: format {header['format']!r} is not {format_name!r}")
+    if header["format_version"] != format_version:
+        raise EditorFileError(
+            f"{where}: format version {header['format_version']} is not supported "
+            f"(this library reads version {format_version}): upgrade spectral-edit, or refit "
+            "the editor with this release"
+        )
+    missing = [key for key in required if key not in header]
+    if missing:
+        raise EditorFileError(f"{where}: editor metadata lacks {', '.join(missing)}")
 
 
 def check_fits(model: nn.Module, hidden_size: int, num_layers: int, layer_path: str | None) -> None:

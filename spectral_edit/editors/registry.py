@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from torch import nn
 
+from ..util.identity import shareable_name
 from .base import Editor
 from .baselines.iti import ITIEditor
 from .baselines.leace import LeaceEditor
 from .baselines.lora import LoRAEditor
 from .baselines.mean_diff import MeanDifferenceEditor
 from .baselines.pca_vector import PCAVectorEditor
+from .composition import ComposedEditor, compose
 from .file_format import EditorFileError, read_format
 from .hub import HubReference, download_editor, hub_reference
 from .sea import SpectralEditor
@@ -27,6 +29,7 @@ EDITOR_CLASSES: tuple[type[Editor], ...] = (
     LoRAEditor,
     MeanDifferenceEditor,
     PCAVectorEditor,
+    ComposedEditor,
 )
 """Every editor class this library can save and load."""
 
@@ -69,6 +72,39 @@ def load_editor(
     path = download_editor(reference, token=token)
     with _named_as(path, reference):
         return _read(path, model)
+
+
+def load_editors(
+    sources: Sequence[str | os.PathLike[str]],
+    model: nn.Module | None = None,
+    *,
+    token: str | bool | None = None,
+) -> Editor:
+    """The editor applying the editors ``sources`` name, in that order (each read by
+    :func:`load_editor`, checked against ``model`` if given): the editor itself for one
+    source, else a :class:`~.composition.ComposedEditor` of them (module
+    :mod:`.composition`: at a module several of them hook, the first listed acts first).
+
+    Raises:
+        EditorFileError: what :func:`load_editor` raises, naming the file; no source; or
+            editors fitted for models of different shapes (both files and shapes named).
+    """
+    if not sources:
+        raise EditorFileError("no editor file given to compose")
+    editors = [load_editor(source, model, token=token) for source in sources]
+    first = editors[0]
+    for source, editor in zip(sources[1:], editors[1:], strict=True):
+        if (editor.hidden_size, editor.num_layers) != (first.hidden_size, first.num_layers):
+            raise EditorFileError(
+                f"{source}: editor is for a model of hidden size {editor.hidden_size} with "
+                f"{editor.num_layers} layers, but {sources[0]} is for hidden size "
+                f"{first.hidden_size} with {first.num_layers} layers: compose editors fitted "
+                "on one model"
+            )
+    if len(editors) == 1:
+        return first
+    names = [shareable_name(str(source)) for source in sources]
+    return compose(editors, sources=names)
 
 
 def _read(path: str | Path, model: nn.Module | None) -> Editor:

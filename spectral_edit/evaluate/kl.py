@@ -24,16 +24,20 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..hf.devices import execution_device
 from ..hf.heads import decoder_and_head, lm_head_logits
 from ..hf.tokens import encode, model_inputs, pad_batch
 from ..util.progress import progress_bar
+
+if TYPE_CHECKING:
+    from .contrast import ContrastReadout
 
 __all__ = [
     "KL_CHUNK",
@@ -41,6 +45,7 @@ __all__ = [
     "KLResult",
     "build_kl_reference",
     "measure_kl",
+    "measure_readout_kl",
     "token_kl",
 ]
 
@@ -189,14 +194,15 @@ def token_kl(model: nn.Module, edited: torch.Tensor, reference: torch.Tensor) ->
             f"{tuple(reference.shape)}"
         )
     _, head = decoder_and_head(model)
-    weight = next(head.parameters())
-    edited = edited.to(weight.device)
-    reference = reference.to(weight.device)
+    weight = next(head.parameters())  # its dtype; on meta where accelerate offloads it
+    device = execution_device(head)
+    edited = edited.to(device)
+    reference = reference.to(device)
     kl = torch.zeros(edited.shape[0], dtype=torch.float64)
     same = (edited.float() == reference.float()).all(dim=-1).cpu()
     differ = torch.nonzero(~same).flatten()
     for chunk in differ.split(KL_CHUNK):
-        index = chunk.to(weight.device)
+        index = chunk.to(device)
         log_p = _log_probs(model, edited.index_select(0, index), weight.dtype)
         log_q = _log_probs(model, reference.index_select(0, index), weight.dtype)
         p = log_p.exp()
@@ -242,6 +248,55 @@ def measure_kl(
             for i, part in zip(rows, parts, strict=True):
                 per_text[i] = part
             bar.update(len(rows))
+    bar.close()
+    return KLResult(
+        per_text=tuple(t for t in per_text if t is not None),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def measure_readout_kl(
+    model: nn.Module,
+    reference: KLReference,
+    readout: ContrastReadout,
+    *,
+    batch_size: int | None = None,
+    progress: bool | str = False,
+) -> KLResult:
+    """Per-token ``KL(readout ‖ unedited)`` on the reference's texts, for a readout that
+    contrasts the model with a companion (:mod:`~spectral_edit.evaluate.contrast`): its
+    next-token distribution (:meth:`~.contrast.ContrastReadout.log_distribution`) from the
+    reference's (unedited) final states and the companion's, which run here on the same
+    batches. At β = 0 every token measures exactly ``0.0``."""
+    started = time.perf_counter()
+    companion = readout.companion
+    other_base, _ = decoder_and_head(companion.model)
+    _, head = decoder_and_head(model)
+    weight = next(head.parameters())
+    size = reference.batch_size if batch_size is None else batch_size
+    per_text: list[torch.Tensor | None] = [None] * len(reference.texts)
+    bar = progress_bar(len(reference.texts), progress, "KL", "text")
+    for rows in _batches([len(ids) for ids in reference.token_ids], size):
+        with companion.active():
+            states, mask = _final_hidden(other_base, [reference.token_ids[i] for i in rows])
+        other = states[mask.to(states.device).bool()]
+        own = torch.cat([reference.hidden[i] for i in rows]).to(weight.device, weight.dtype)
+        kl = torch.zeros(own.shape[0], dtype=torch.float64)
+        for chunk in torch.arange(own.shape[0]).split(KL_CHUNK):
+            index = chunk.to(weight.device)
+            log_p = readout.log_distribution(
+                model, own.index_select(0, index), other.index_select(0, index.to(other.device))
+            )
+            log_q = _log_probs(model, own.index_select(0, index), weight.dtype)
+            p = log_p.exp()
+            terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+            kl[chunk] = terms.sum(-1).clamp_min(0.0).cpu()
+        for i, part in zip(
+            rows, kl.split([len(reference.token_ids[i]) for i in rows]), strict=True
+        ):
+            per_text[i] = part
+        bar.update(len(rows))
     bar.close()
     return KLResult(
         per_text=tuple(t for t in per_text if t is not None),

@@ -4,7 +4,9 @@ A readout names the extra hidden states it needs (indices into ``output_hidden_s
 0 = embeddings, ``j`` = output of decoder layer ``j - 1``) and maps, for N predicting
 positions, the features ``(N, 1 + K, d)`` — the final-normed state first, then the K
 requested states — and the N target tokens to each target's log-score (float64) and
-whether it is the readout's arg-max.
+whether it is the readout's arg-max. A readout may also have a ``companion``, a second
+model the scorer runs on the same tokens (:mod:`~spectral_edit.evaluate.contrast`: CD and
+ICD); its final state then comes after the others in the features.
 
 :class:`DoLaReadout` is DoLa (Chuang et al., ICLR 2024), decoding by contrasting layers,
 as its authors score multiple choice: at each position the premature layer is the

@@ -28,6 +28,7 @@ from ..hf.positions import prompt_boundary
 from ..hf.prefix import PrefixCache, expand_cache, forward_on_cache
 from ..hf.tokens import encode, encode_pair, input_device, output_cache, pad_id_of
 from ..util.progress import progress_bar
+from .contrast import companion_of, join_features
 from .readout import FINAL, FinalLayerReadout, Readout
 
 
@@ -63,25 +64,53 @@ __all__ = [
 ]
 
 
+class _PairedCache:
+    """The KV caches of the scored model and of a readout's companion, copied and
+    repeated together (what :func:`~spectral_edit.hf.prefix.expand_cache` asks of a cache)."""
+
+    def __init__(self, own: object, other: object) -> None:
+        self.own, self.other = own, other
+
+    def batch_repeat_interleave(self, rows: int) -> None:
+        self.own.batch_repeat_interleave(rows)  # type: ignore[attr-defined]
+        self.other.batch_repeat_interleave(rows)  # type: ignore[attr-defined]
+
+
 class _Runner:
     """Runs the base model on new tokens on top of a cache (batch rows share the past) and
-    returns, per position, the features the readout needs."""
+    returns, per position, the features the readout needs. A readout with a companion
+    (:mod:`~spectral_edit.evaluate.contrast`) gets the companion's final state too, from a
+    second pass over the same tokens on its own cache (under its editor's hooks)."""
 
     def __init__(self, model: nn.Module, readout: Readout) -> None:
         self.base, _ = decoder_and_head(model)
         self.device = input_device(model)
         self.extra = readout.hidden_states
+        self.companion = companion_of(readout)
+        if self.companion is not None:
+            self.companion_base, _ = decoder_and_head(self.companion.model)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, past, past_len: int):
         """``ids``/``mask`` ``(B, T)``; returns (features ``(B, T, 1 + K, d)``: the final
-        hidden state then the readout's K extra hidden states, cache)."""
+        hidden state then the readout's K extra hidden states, cache); with a companion,
+        ``(B, T, 2 + K, w)`` (:func:`~spectral_edit.evaluate.contrast.join_features`)."""
+        own_past, other_past = (
+            (past.own, past.other) if isinstance(past, _PairedCache) else (past, None)
+        )
         out = forward_on_cache(
-            self.base, ids, mask, past, past_len, output_hidden_states=bool(self.extra)
+            self.base, ids, mask, own_past, past_len, output_hidden_states=bool(self.extra)
         )
         if not self.extra:  # a view, no copy: the common case on the hot path
-            return out.last_hidden_state.unsqueeze(2), output_cache(out)
-        states = [out.last_hidden_state, *(out.hidden_states[j] for j in self.extra)]
-        return torch.stack(states, dim=2), output_cache(out)
+            features = out.last_hidden_state.unsqueeze(2)
+        else:
+            states = [out.last_hidden_state, *(out.hidden_states[j] for j in self.extra)]
+            features = torch.stack(states, dim=2)
+        if self.companion is None:
+            return features, output_cache(out)
+        with self.companion.active():
+            other = forward_on_cache(self.companion_base, ids, mask, other_past, past_len)
+        cache = _PairedCache(output_cache(out), output_cache(other))
+        return join_features(features, other.last_hidden_state), cache
 
 
 def _build_prefix(run: _Runner, tokenizer, text: str | None) -> PrefixCache:

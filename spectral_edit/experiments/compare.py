@@ -68,6 +68,9 @@ ACTIVATIONS = "activations"
 PREPARED = "prepared"
 HARM_SAMPLES = 3
 """Generations kept per harm unit (side by side in the report)."""
+READOUT_ONLY = frozenset({"dola", "icd", "cd"})
+"""Methods that change only the scorer's readout: no hooks to generate with, so no harm
+measures (KL and free generation) in the comparison."""
 
 
 def control_data_key(tasks: Sequence[str], data_dir: str | Path | None) -> str:
@@ -395,7 +398,12 @@ def _run_compare(
         spec = registry[name]
         echo(f"── {name}: {spec.description}")
         units = Store(out / "units" / name, echo)
-        method_key = {**base_key, "method": spec.name, "description": spec.description}
+        method_key = {
+            **base_key,
+            "method": spec.name,
+            "description": spec.description,
+            **spec.key,
+        }
         run = MethodRun(spec, ctx, units, method_key)
         try:
             if spec.uses_activations:  # capture (and keep) them before anything else
@@ -425,18 +433,18 @@ def _run_compare(
     return report
 
 
-def _run_method(
+def tune_on_folds(
     run: MethodRun,
     folds: Mapping[int, Sequence[MCQuestion]],
     options: CompareOptions,
-    data_dir: str | Path | None,
     progress: bool,
-    baseline: _HarmBaseline,
-) -> MethodResult:
-    """The protocol for one method: tune, report, control runs, harm measures (where
-    ``options.harm_texts``; DoLa's readout has no hooks to generate with and is skipped),
-    overhead timing."""
-    grid = run.spec.grid
+    grid: Sequence[Any] | None = None,
+) -> dict[Direction, Any]:
+    """The 2-fold protocol's TruthfulQA part for one method: per direction (fold 1 → 2, and
+    the reverse with ``options.both_directions``) every setting of ``grid`` (default the
+    method's) scored on the tuning fold, and the best (:func:`~.folds.best_on_fold`)
+    scored on the test fold; the units land in ``run.units``. Returns the selections."""
+    grid = run.spec.grid if grid is None else grid
     run.units = {setting_id(s): {} for s in grid}
     selections: dict[Direction, Any] = {}
     for direction in DIRECTIONS if options.both_directions else DIRECTIONS[:1]:
@@ -447,10 +455,25 @@ def _run_method(
         best = best_on_fold(grid, on_tuning_fold)
         run.scored(best, direction.test, folds[direction.test], options, progress)
         selections[direction] = best
+    return selections
+
+
+def _run_method(
+    run: MethodRun,
+    folds: Mapping[int, Sequence[MCQuestion]],
+    options: CompareOptions,
+    data_dir: str | Path | None,
+    progress: bool,
+    baseline: _HarmBaseline,
+) -> MethodResult:
+    """The protocol for one method: tune, report, control runs, harm measures (where
+    ``options.harm_texts``; the readout-only methods of :data:`READOUT_ONLY` have no hooks
+    to generate with and are skipped), overhead timing."""
+    selections = tune_on_folds(run, folds, options, progress)
     chosen = {setting_id(s): s for s in selections.values()}
     control = {sid: run.control(s, options, data_dir, progress) for sid, s in chosen.items()}
     harm = None
-    if options.harm_texts and run.spec.name != "dola":
+    if options.harm_texts and run.spec.name not in READOUT_ONLY:
         harm = {sid: run.harm(s, baseline) for sid, s in chosen.items()}
     primary = selections[DIRECTIONS[0]]
     overhead = run.overhead(primary, folds[2][: options.overhead_questions], options.batch_size)

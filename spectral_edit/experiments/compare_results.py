@@ -156,6 +156,19 @@ class MethodSummary:
         }
 
 
+def held_out_metrics(
+    units: Mapping[str, Mapping[int, Unit]],
+    selections: Mapping[Direction, str],
+    sizes: Mapping[int, int],
+) -> dict[str, float]:
+    """MC1/MC2/MC3 of the selected settings on their test folds (``units``: setting id →
+    fold → unit; ``selections``: direction → setting id), the question-weighted mean over
+    the directions (``sizes``: questions per fold)."""
+    held_out = [(d, units[sid][d.test]) for d, sid in selections.items()]
+    total = sum(sizes[d.test] for d, _ in held_out)
+    return {m: sum(sizes[d.test] * u.summary[m] for d, u in held_out) / total for m in METRICS}
+
+
 @dataclass(frozen=True)
 class MethodResult:
     """A method's units (setting id → fold → unit, grid order), the setting chosen per
@@ -172,10 +185,7 @@ class MethodResult:
     def summary(self, options: CompareOptions, sizes: Mapping[int, int]) -> MethodSummary:
         """The held-out figures; ``sizes``: questions per fold."""
         held_out = [(d, self.units[sid][d.test]) for d, sid in self.selections.items()]
-        total = sum(sizes[d.test] for d, _ in held_out)
-        metrics = {
-            m: sum(sizes[d.test] * unit.summary[m] for d, unit in held_out) / total for m in METRICS
-        }
+        metrics = held_out_metrics(self.units, self.selections, sizes)
         controls = [self.control[sid] for sid in self.selections.values()]
         first = controls[0]["tasks"]
         scored = [t for t in options.control_tasks if "acc" in first[t]]

@@ -33,7 +33,7 @@ from ..demos.format import Demonstration, read_demos, write_demos
 from ..demos.prompts import PLAIN, PromptFormat, chat_format
 from ..editors.sea import SpectralEditor
 from ..evaluate.truthfulqa import evaluate_truthfulqa
-from ..hf.layers import find_decoder_layers, parse_layers
+from ..hf.layers import capture_layers, find_decoder_layers
 from ..util.identity import shareable_name
 from ..util.report import write_jsonl
 from .demo_report import DemoEvaluation, DemoReport
@@ -187,7 +187,7 @@ def _truthfulness_demo(
     model, tokenizer = load_model(model_name, dtype=dtype, device_map=device_map)
     load_seconds = time.perf_counter() - started
     echo(f"model {model_name} loaded in {load_seconds:.1f} s")
-    parse_layers(options.layers, len(find_decoder_layers(model, options.layer_path)))
+    capture_layers(options.layers, len(find_decoder_layers(model, options.layer_path)))
     prompts = chat_format(tokenizer, system_prompt, model_name) if chat_template else PLAIN
 
     demos, demo_source = load_truthfulness_demos(

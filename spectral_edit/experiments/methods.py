@@ -3,18 +3,19 @@ demonstrations (capture, train), then configure cheaply for each setting of its 
 
 A configured method is an :class:`Intervention`: an editor whose hooks act on the model
 (SEA, Φ-SEA and the baselines, all through the one hook machinery) and/or a scoring
-readout (DoLa). Grids (:mod:`spectral_edit.experiments.settings`) have the same size for
-every tuned method (the same tuning budget); ``none`` is the unedited model. Methods only
-compute: what is kept between runs (the activations, a prepared editor) is stored by the
-protocol (:mod:`spectral_edit.experiments.compare`).
+readout (DoLa; ICD and CD, which contrast the model with a weaker one:
+:mod:`spectral_edit.evaluate.contrast`). Grids (:mod:`spectral_edit.experiments.settings`)
+have the same size for every tuned method (the same tuning budget); ``none`` is the
+unedited model. Methods only compute: what is kept between runs (the activations, a
+prepared editor) is stored by the protocol (:mod:`spectral_edit.experiments.compare`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -33,10 +34,15 @@ from ..editors.baselines import (
     MeanDifferenceEditor,
     PCAVectorEditor,
 )
+from ..editors.baselines.induced import train_induced
+from ..evaluate.contrast import Companion, ContrastReadout, check_same_tokenizer
 from ..evaluate.readout import FINAL, DoLaReadout, Readout, parse_premature_layers
-from ..hf.layers import find_decoder_layers, parse_layers
+from ..hf.layers import TOP_SIGNATURE, capture_layers, find_decoder_layers
+from ..hf.model_names import BUILTIN_MODELS
+from ..util.identity import shareable_name
 from .pipeline import fit_from_activations
 from .settings import (
+    ContrastSetting,
     DoLaSetting,
     ITISetting,
     LoRASetting,
@@ -46,6 +52,7 @@ from .settings import (
     SteeringSetting,
     grid,
 )
+from .store import model_key, options_key
 
 S = TypeVar("S")
 
@@ -92,12 +99,21 @@ class FitContext:
     def num_layers(self) -> int:
         return len(find_decoder_layers(self.model, self.layer_path))
 
-    def layers(self, spec: str) -> list[int]:
-        """Parse a grid's layer spec; ``last-L`` beyond the model's depth means all layers
+    def layer_spec(self, spec: str) -> str:
+        """A grid's layer spec on this model: ``last-L`` beyond the model's depth means all
+        layers, ``top-signature-L`` beyond it the top-signature choice of all of them
         (grids are written for deep models and must still run on shallow ones)."""
-        if spec.startswith("last-") and spec[5:].isdigit() and int(spec[5:]) > self.num_layers:
-            spec = "all"
-        return parse_layers(spec, self.num_layers)
+        top = f"{TOP_SIGNATURE}{self.num_layers}"
+        for prefix, deeper in (("last-", "all"), (TOP_SIGNATURE, top)):
+            count = spec[len(prefix) :]
+            if spec.startswith(prefix) and count.isdigit() and int(count) > self.num_layers:
+                return deeper
+        return spec
+
+    def layers(self, spec: str) -> list[int]:
+        """The layers of a grid's layer spec (:meth:`layer_spec`); for ``top-signature-L``
+        every layer: the candidates the SEA fit chooses L of."""
+        return capture_layers(self.layer_spec(spec), self.num_layers)
 
     def activations(self) -> DemoActivations:
         """``(N, L_all, d)`` neutral/positive/negative activations at every layer."""
@@ -147,6 +163,8 @@ class MethodSpec(Generic[S]):
     configure: Callable[[Any, S, FitContext], Intervention]
     uses_activations: bool = False
     load_state: Callable[[Path], Any] | None = None
+    key: Mapping[str, Any] = field(default_factory=dict)
+    """More of what the method's results depend on (CD: the amateur model), in its keys."""
 
 
 def _nothing(ctx: FitContext) -> None:
@@ -158,7 +176,9 @@ def _unedited(state: None, setting: NoSetting, ctx: FitContext) -> Intervention:
 
 
 def _sea(state: None, setting: SeaSetting | PhiSeaSetting, ctx: FitContext) -> Intervention:
-    options = setting.options().replace(layer_path=ctx.layer_path)
+    options = setting.options().replace(
+        layer_path=ctx.layer_path, layers=ctx.layer_spec(setting.layers)
+    )
     return Intervention(fit_from_activations(ctx.subset(setting.layers), ctx.num_layers, options))
 
 
@@ -230,6 +250,53 @@ def _dola(state: None, setting: DoLaSetting, ctx: FitContext) -> Intervention:
     return Intervention(readout=readout)
 
 
+def _prepare_icd(ctx: FitContext) -> LoRAEditor:
+    return train_induced(
+        ctx.model,
+        ctx.tokenizer,
+        ctx.demos,
+        **LORA_BUDGET,
+        seed=ctx.seed,
+        layer_path=ctx.layer_path,
+        progress=ctx.progress,
+        prompt_format=ctx.prompt_format,
+    )
+
+
+def _icd(state: LoRAEditor, setting: ContrastSetting, ctx: FitContext) -> Intervention:
+    companion = Companion(ctx.model, state, "induced model")
+    readout = ContrastReadout(companion, setting.beta, setting.plausibility, name="icd")
+    return Intervention(readout=readout)
+
+
+NO_AMATEUR = (
+    "cd needs an amateur model with the model's tokenizer (--amateur M, or "
+    "contrastive_decoding(amateur, name) in the registry)"
+)
+
+
+def _no_amateur(ctx: FitContext) -> None:
+    raise ValueError(NO_AMATEUR)
+
+
+def _unconfigured(state: None, setting: ContrastSetting, ctx: FitContext) -> Intervention:
+    raise ValueError(NO_AMATEUR)
+
+
+def contrastive_decoding(amateur: nn.Module, name: str, key: str) -> MethodSpec[ContrastSetting]:
+    """CD (Li et al. 2023) against ``amateur`` (a causal LM with the model's tokenizer:
+    :func:`~spectral_edit.evaluate.contrast.check_same_tokenizer`), on the contrast grid;
+    ``name`` describes it, ``key`` identifies it by content (in every unit's key)."""
+
+    def configure(state: None, setting: ContrastSetting, ctx: FitContext) -> Intervention:
+        companion = Companion(amateur, None, f"amateur {name}")
+        readout = ContrastReadout(companion, setting.beta, setting.plausibility, name="cd")
+        return Intervention(readout=readout)
+
+    description = f"CD: (1+β)·log p − β·log p_amateur ({name}), plausibility λ"
+    return MethodSpec("cd", description, CONTRAST_GRID, _nothing, configure, key={"amateur": key})
+
+
 LAYER_AXIS = ("last-4", "last-8")
 LORA_BUDGET: dict[str, Any] = {
     "rank": 8,
@@ -241,7 +308,12 @@ LORA_BUDGET: dict[str, Any] = {
 """The training reference's fixed budget: rank-8 adapters on the attention query and value
 projections of every layer, 100 AdamW steps of 8 answers (CPU-friendly)."""
 ITI_GRID = grid(ITISetting, top_k=(8, 24), alpha=(5.0, 15.0))
-SEA_GRID = grid(SeaSetting, layers=LAYER_AXIS, ratio=(0.99, 0.995))
+SEA_GRID = grid(SeaSetting, layers=("last-8", f"{TOP_SIGNATURE}8"), ratio=(0.99, 0.995))
+"""SEA's grid: the top 8 layers, or the 8 of highest signature (the paper's heuristic),
+at two energy ratios; 4 settings, as every grid."""
+CONTRAST_GRID = grid(ContrastSetting, beta=(0.5, 2.0), plausibility=(0.1, 0.0))
+"""ICD's and CD's grid: β (ICD and CD papers use values around 1) and λ with or without
+the plausibility constraint (as DoLa's ``relative_top`` axis); 4 settings, as every grid."""
 PHI_SEA_GRID = grid(
     PhiSeaSetting, layers=LAYER_AXIS, feature=(Feature.TANH, Feature.SQUARED_EXPONENTIAL)
 )
@@ -307,8 +379,67 @@ METHODS: dict[str, MethodSpec[Any]] = {
             _nothing,
             _dola,
         ),
+        MethodSpec(
+            "icd",
+            "ICD: (1+β)·log p − β·log p_induced, LoRA on the negative answers, plausibility λ",
+            CONTRAST_GRID,
+            _prepare_icd,
+            _icd,
+            load_state=LoRAEditor.load,
+        ),
+        MethodSpec(
+            "cd",
+            "CD: (1+β)·log p − β·log p_amateur (needs an amateur model), plausibility λ",
+            CONTRAST_GRID,
+            _no_amateur,
+            _unconfigured,
+        ),
     )
 }
+
+
+def without_amateur(names: Sequence[str], model_name: str) -> tuple[list[str], str | None]:
+    """``names`` without ``cd`` when no amateur model is given, and the message saying why
+    (``None`` when ``cd`` was not asked for). CD needs a second, weaker model with the
+    model's tokenizer; the built-in models (Gemma 3 270M is the smallest Gemma 3) have
+    none here, and no same-model stand-in is substituted: the literature's same-model
+    contrasts are ICD (``icd``, a LoRA-weakened copy) and DoLa (``dola``, an early layer)."""
+    if "cd" not in names:
+        return list(names), None
+    why = (
+        "cd skipped: contrastive decoding needs an amateur model with the model's tokenizer "
+        "(--amateur M, any Hugging Face causal LM); none was given"
+    )
+    if model_name in BUILTIN_MODELS:
+        why += (
+            f". For {model_name} none exists here: it is the smallest model with its "
+            "tokenizer. The same-model contrasts of the literature are icd (a LoRA-weakened "
+            "copy of the model, Zhang et al. 2023) and dola (an early layer); no stand-in "
+            "amateur is substituted"
+        )
+    return [n for n in names if n != "cd"], why + "."
+
+
+def with_amateur(
+    registry: Mapping[str, MethodSpec[Any]],
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    amateur: nn.Module,
+    amateur_tokenizer: PreTrainedTokenizerBase,
+    name: str,
+) -> dict[str, MethodSpec[Any]]:
+    """``registry`` with ``cd`` contrasting against ``amateur`` (``name``: how it was named,
+    e.g. a Hub id; identified by :func:`~.store.model_key` in the units' keys).
+
+    Raises:
+        ValueError: the amateur's tokenizer or vocabulary is not the model's
+            (:func:`~spectral_edit.evaluate.contrast.check_same_tokenizer`).
+    """
+    check_same_tokenizer(tokenizer, amateur_tokenizer, model, amateur, name)
+    spec = contrastive_decoding(
+        amateur, shareable_name(name), options_key(model_key(amateur, name))
+    )
+    return {**registry, "cd": spec}
 
 
 def parse_methods(spec: str | Sequence[str]) -> list[str]:

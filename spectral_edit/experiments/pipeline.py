@@ -19,8 +19,8 @@ from ..demos.format import Demonstration
 from ..demos.prompts import PLAIN, PromptFormat
 from ..editors.file_format import model_identity
 from ..editors.sea import SpectralEditor
-from ..editors.sea_fit import fit_from_arrays
-from ..hf.layers import find_decoder_layers, hidden_size_of, parse_layers
+from ..editors.sea_fit import default_feature_scales, fit_from_arrays, layer_signatures
+from ..hf.layers import capture_layers, find_decoder_layers, hidden_size_of, top_signature_count
 from ..util.identity import path_identity
 
 DEFAULT_OPTIONS = SeaOptions()
@@ -47,23 +47,79 @@ def fit_from_activations(
     *,
     metadata: Mapping[str, Any] | None = None,
     distributed: bool = False,
+    shard_layers: bool = False,
 ) -> SpectralEditor:
     """Fit an editor on captured demonstration activations (cheap: no model pass).
 
-    The capture options of ``options`` (layers, neutral, token) are not used here: the
-    activations already hold them. ``options.feature_scales``: Φ-SEA scales, one per
-    captured layer (default: the neutral activations' RMS per layer). ``distributed``:
-    these are one rank's share (:func:`~spectral_edit.editors.sea_fit.fit_from_arrays`)."""
+    The capture options of ``options`` (neutral, token) are not used here: the
+    activations already hold them; every captured layer is fitted, except under
+    ``options.layers = "top-signature-L"``, which fits the L captured layers of highest
+    signature (:func:`choose_by_signature`; the editor's metadata records the choice as
+    ``layer_selection``). ``options.feature_scales``: Φ-SEA scales, one per captured layer
+    (default: the neutral activations' RMS per layer). ``distributed``: these are one
+    rank's share; ``shard_layers``: each rank keeps and fits only its block of the layers
+    (:func:`~spectral_edit.editors.sea_fit.fit_from_arrays`)."""
+    info = dict(metadata or {})
+    count = top_signature_count(options.layers, len(activations.layers))
+    if count is not None:
+        activations, info["layer_selection"], scales = choose_by_signature(
+            activations, count, options, distributed=distributed
+        )
+        options = options.replace(feature_scales=scales)
     return fit_from_arrays(
         activations.neutral,
         activations.positive,
         activations.negative,
         layers=activations.layers,
         num_layers=num_layers,
-        metadata=dict(metadata or {}),
+        metadata=info,
         distributed=distributed,
+        shard_layers=shard_layers,
         **options.fit_kwargs(),
     )
+
+
+def choose_by_signature(
+    activations: DemoActivations,
+    count: int,
+    options: SeaOptions = DEFAULT_OPTIONS,
+    *,
+    distributed: bool = False,
+) -> tuple[DemoActivations, dict[str, Any], tuple[float, ...] | None]:
+    """The ``count`` captured layers of highest signature (the paper's layer heuristic;
+    ties: the lower layer), in the feature space of ``options`` (Φ-SEA scales: given per
+    captured layer, or each layer's neutral RMS).
+
+    Returns the activations at the chosen layers (in layer order), the record of the
+    choice (``rule``, ``candidates``, their ``signatures``, ``chosen``) and the chosen
+    layers' Φ-SEA scales (``None`` for a linear fit). ``distributed``: signatures of every
+    rank's rows.
+    """
+    scales = options.feature_scales
+    if scales is None and not get_feature_map(options.feature).is_identity:
+        scales = tuple(default_feature_scales(activations.neutral, distributed=distributed))
+    values = layer_signatures(
+        activations.positive,
+        activations.negative,
+        feature=options.feature,
+        feature_scales=scales,
+        distributed=distributed,
+    ).tolist()
+    best = sorted(range(len(values)), key=lambda j: (-values[j], j))[:count]
+    index = sorted(best)
+    chosen = DemoActivations(
+        activations.neutral[:, index],
+        activations.positive[:, index],
+        activations.negative[:, index],
+        tuple(activations.layers[j] for j in index),
+    )
+    record = {
+        "rule": f"top-signature-{count}",
+        "candidates": list(activations.layers),
+        "signatures": values,
+        "chosen": list(chosen.layers),
+    }
+    return chosen, record, None if scales is None else tuple(scales[j] for j in index)
 
 
 def check_fit_options(options: SeaOptions, layers: Sequence[int], hidden_size: int) -> None:
@@ -85,6 +141,7 @@ def fit_editor(
     progress: bool = False,
     metadata: Mapping[str, Any] | None = None,
     prompt_format: PromptFormat = PLAIN,
+    shard_layers: bool = False,
 ) -> SpectralEditor:
     """Capture the demonstrations' activations at ``options.layers`` and fit an editor.
 
@@ -100,7 +157,9 @@ def fit_editor(
     (:func:`~spectral_edit.core.distributed.share`) and the statistics are reduced
     before the fit, so every rank returns the editor of all demonstrations (equal to a
     one-process fit up to round-off); its metadata records ``world_size``. Every rank
-    must call it with the same ``demos`` and options.
+    must call it with the same ``demos`` and options. ``shard_layers``: each rank keeps
+    and fits only its block of about L/K layers, the fitted factors gathered
+    (:func:`~spectral_edit.editors.sea_fit.fit_from_arrays`; the same editor).
 
     Raises:
         ValueError: a layer spec out of range for the model (from
@@ -110,34 +169,72 @@ def fit_editor(
         LayerNotFoundError: the decoder layers cannot be found (pass ``layer_path``).
     """
     num_layers = len(find_decoder_layers(model, options.layer_path))
-    chosen = parse_layers(options.layers, num_layers)
+    chosen = capture_layers(options.layers, num_layers)
     check_fit_options(options, chosen, hidden_size_of(model))
     rank, size = world()
     mine = [demos[i] for i in share(len(demos), rank, size)] if size > 1 else demos
+    activations, info = capture_activations(
+        model,
+        tokenizer,
+        mine,
+        options,
+        batch_size=batch_size,
+        progress=progress and rank == 0,
+        prompt_format=prompt_format,
+    )
+    info = {**info, "world_size": size, **dict(metadata or {})}
+    return fit_from_activations(
+        activations,
+        num_layers,
+        options,
+        metadata=info,
+        distributed=size > 1,
+        shard_layers=shard_layers,
+    )
+
+
+def capture_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[Demonstration],
+    options: SeaOptions = DEFAULT_OPTIONS,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    prompt_format: PromptFormat = PLAIN,
+) -> tuple[DemoActivations, dict[str, Any]]:
+    """The demonstrations' activations at the layers ``options.layers`` captures
+    (:func:`~spectral_edit.hf.layers.capture_layers`: every layer for ``top-signature-L``),
+    with ``options``' site, neutral and token, and what they were captured with: the
+    model's identity, the neutral, token and site options, the prompt format and the
+    capture time (what ``sea capture`` stores beside them; an editor's metadata).
+
+    Raises:
+        ValueError: a layer spec out of range for the model.
+        LayerNotFoundError: the decoder layers cannot be found (pass ``layer_path``).
+    """
+    num_layers = len(find_decoder_layers(model, options.layer_path))
+    layers = capture_layers(options.layers, num_layers)
     started = time.perf_counter()
     activations = capture_demos(
         model,
         tokenizer,
-        mine,
-        layers=chosen,
+        demos,
+        layers=layers,
         neutral=options.neutral,
         site=options.site,
         token=options.token,
         batch_size=batch_size,
         layer_path=options.layer_path,
-        progress=progress and rank == 0,
+        progress=progress,
         prompt_format=prompt_format,
     )
-    captured = time.perf_counter()
     info = {
         **model_metadata(model),
         "neutral": str(options.neutral),
         "token": str(options.token),
+        "site": str(options.site),
         **prompt_format.record(),
-        "capture_seconds": round(captured - started, 3),
-        "world_size": size,
-        **dict(metadata or {}),
+        "capture_seconds": round(time.perf_counter() - started, 3),
     }
-    return fit_from_activations(
-        activations, num_layers, options, metadata=info, distributed=size > 1
-    )
+    return activations, info

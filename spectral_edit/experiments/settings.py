@@ -28,7 +28,8 @@ class NoSetting:
 
 @dataclass(frozen=True)
 class SeaSetting:
-    """Linear SEA on ``layers`` (``last-L``), both energy ratios ``ratio``, centred."""
+    """Linear SEA on ``layers`` (``last-L``, or ``top-signature-L``: the L layers of highest
+    signature), both energy ratios ``ratio``, centred."""
 
     layers: str
     ratio: float
@@ -80,6 +81,15 @@ class DoLaSetting:
 
     premature: str
     relative_top: float
+
+
+@dataclass(frozen=True)
+class ContrastSetting:
+    """ICD or CD: contrast strength ``beta`` (β) and plausibility threshold
+    ``plausibility`` (λ; 0 = no constraint)."""
+
+    beta: float
+    plausibility: float
 
 
 def setting_fields(setting: Any) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 held-out data.
 
 Protocol. For each method of :data:`~spectral_edit.experiments.methods.METHODS` but
-``none`` and ``dola`` (no strength α) and each of its configurations
+``none`` and ``dola`` (no strength α; for ICD and CD the contrast strength β is calibrated
+as α, and KL is that of the contrast readout's next-token distribution) and each of its
+configurations
 (:data:`TUNE_CONFIGS`: a small set, e.g. the layer axis), the method is configured once
 at α = 1 (``MethodSpec.prepare`` / ``configure``) and every probe is the editor
 ``.with_options(alpha=α)``. A probe is scored on the *tuning* part: the target
@@ -45,9 +47,10 @@ from ..core.options import Feature, check_count
 from ..data.control import load_control_task
 from ..demos.format import Demonstration
 from ..demos.prompts import PLAIN, PromptFormat
+from ..evaluate.contrast import ContrastReadout
 from ..evaluate.control import evaluate_control
 from ..evaluate.harm import neutral_texts
-from ..evaluate.kl import build_kl_reference, measure_kl
+from ..evaluate.kl import build_kl_reference, measure_kl, measure_readout_kl
 from ..util.identity import shareable_name
 from ..util.report import write_json
 from .calibrate import Budget, Calibration, Probe, ProbeRecord, calibrate
@@ -55,6 +58,7 @@ from .compare import MethodRun, SharedActivations, control_data_key
 from .compare_results import MethodFailure
 from .methods import LAYER_AXIS, METHODS, FitContext, Intervention, MethodSpec
 from .settings import (
+    ContrastSetting,
     ITISetting,
     LoRASetting,
     PhiSeaSetting,
@@ -104,10 +108,13 @@ DEFAULT_ALPHA_RANGES: dict[str, tuple[float, float]] = {
     "leace": (0.05, 2.0),
     "iti": (0.5, 40.0),
     "lora": (0.05, 4.0),
+    "icd": (0.05, 8.0),
+    "cd": (0.05, 8.0),
 }
 """Each method's default α interval ``[lo, hi]`` (α = 1 is the configured editor: SEA's
 full edit, the vectors' unit strength, LEACE's full erasure, ITI's one standard deviation,
-LoRA's trained delta). ``--alpha-range`` overrides them."""
+LoRA's trained delta; for ICD and CD α is the contrast strength β, 1 the papers' usual
+value). ``--alpha-range`` overrides them."""
 
 FALLBACK_ALPHA_RANGE = (0.05, 4.0)
 """The interval of a method without a default (a caller's own registry)."""
@@ -120,10 +127,14 @@ TUNE_CONFIGS: dict[str, tuple[Any, ...]] = {
     "leace": grid(SteeringSetting, layers=LAYER_AXIS, alpha=(1.0,)),
     "iti": grid(ITISetting, top_k=(8, 24), alpha=(1.0,)),
     "lora": (LoRASetting(alpha=1.0),),
+    "icd": grid(ContrastSetting, beta=(1.0,), plausibility=(0.1, 0.0)),
+    "cd": grid(ContrastSetting, beta=(1.0,), plausibility=(0.1, 0.0)),
 }
 """Each tuned method's discrete configurations, configured at α = 1: the layer axis of the
 layer methods, the energy ratio of SEA, the number of heads of ITI; LoRA has one (its
-delta is trained once), so its evaluations all go to that one."""
+delta is trained once), so its evaluations all go to that one; ICD and CD, with or
+without the plausibility constraint (λ = 0.1, the papers' threshold, or 0), their
+contrast strength β calibrated as α."""
 
 
 def parse_alpha_ranges(specs: Sequence[str]) -> tuple[tuple[str, float, float], ...]:
@@ -183,6 +194,9 @@ class KLMeter:
     build: Callable[[nn.Module, PreTrainedTokenizerBase, Sequence[str]], Any]
     measure: Callable[[nn.Module, Any, Any], Mapping[str, Any]]
     key: Mapping[str, Any] = field(default_factory=dict)
+    measure_readout: Callable[[nn.Module, Any, Any], Mapping[str, Any]] | None = None
+    """``(model, reference, readout)`` → the same summary for a contrast readout (ICD, CD:
+    KL of its next-token distribution); ``None``: such methods cannot be tuned."""
 
 
 def contract_kl_meter(max_tokens: int = 128, batch_size: int = 8) -> KLMeter:
@@ -198,7 +212,12 @@ def contract_kl_meter(max_tokens: int = 128, batch_size: int = 8) -> KLMeter:
         result = measure_kl(model, reference, editor, batch_size=batch_size)
         return dict(result.summary)
 
-    return KLMeter(build, measure, {"kl": "evaluate.kl", "max_tokens": max_tokens})
+    def measure_readout(model: nn.Module, reference: Any, readout: Any) -> Mapping[str, Any]:
+        result = measure_readout_kl(model, reference, readout, batch_size=batch_size)
+        return dict(result.summary)
+
+    key = {"kl": "evaluate.kl", "max_tokens": max_tokens}
+    return KLMeter(build, measure, key, measure_readout)
 
 
 def load_kl_texts(count: int, data_dir: str | Path | None = None) -> list[str]:
@@ -294,7 +313,12 @@ class _Tuner:
         """KL (measured first, outside the edit, so the reference is unedited), target
         and control tasks of ``part`` under ``intervention``."""
         reference = self.reference(part)
-        kl = dict(self.meter.measure(self.model, reference, intervention.editor))
+        if isinstance(intervention.readout, ContrastReadout):  # ICD, CD: no hooks
+            if self.meter.measure_readout is None:
+                raise ValueError("this KL meter cannot measure a contrast readout (ICD, CD)")
+            kl = dict(self.meter.measure_readout(self.model, reference, intervention.readout))
+        else:
+            kl = dict(self.meter.measure(self.model, reference, intervention.editor))
         return {**self._score(intervention, part, label), "kl": kl}
 
     def load_baseline(self, store: Store, model_key: Mapping[str, Any]) -> Baseline:
@@ -326,8 +350,11 @@ class _Tuner:
 
 
 def _strength(run: MethodRun, config: Any, alpha: float) -> Intervention:
-    """The method configured with ``config`` (at α = 1, once), at strength ``alpha``."""
+    """The method configured with ``config`` (at α = 1, once), at strength ``alpha``
+    (ICD, CD: the contrast strength β of their readout)."""
     base, _ = run.intervention(config)
+    if base.editor is None and isinstance(base.readout, ContrastReadout):
+        return Intervention(None, base.readout.with_options(alpha=alpha))
     if base.editor is None:
         raise ValueError(f"{run.spec.name} configures no editor: it has no strength α")
     return Intervention(base.editor.with_options(alpha=alpha), base.readout)
@@ -560,6 +587,7 @@ def _run_tune(
             "seed": options.seed,
             "method": spec.name,
             "description": spec.description,
+            **spec.key,
             **prompt_format.key(),
         }
         run = MethodRun(spec, ctx, units, method_key)

@@ -17,15 +17,15 @@ from typing import Literal, get_args
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from ..core.options import Site, Token, check_count
 from ..util.progress import progress_bar
 from .heads import decoder_and_head
-from .hooks import HookSite, hooked
-from .layers import site_modules
-from .prefix import PrefixCache, forward_on_cache, shared_prefix_length
-from .tokens import check_length, encode_pair, pad_batch, pad_id_of
+from .hooks import HookFn, HookSite, hooked
+from .layers import site_modules, text_config
+from .prefix import PrefixCache, forward_on_cache, shared_prefix_length, window_allows
+from .tokens import check_length, context_length, encode_pair, pad_batch, pad_id_of
 
 CaptureOn = Literal["input", "output"]
 """Where :func:`capture_modules` reads a module: its first input or its output."""
@@ -156,18 +156,12 @@ def _capture(
 ) -> torch.Tensor:
     """Record ``modules`` (keyed by decoder layer index) at ``on``; stack them in the
     order of ``keys`` → ``(N, len(keys), w)``."""
-    stop_layer = max(keys)
-    deepest_site = site_modules(model, [stop_layer], "residual", layer_path)[stop_layer]
-
+    reader = _Reader(model, modules, keys, on, layer_path)
     encoded = [encode_pair(tokenizer, c, a) for c, a in zip(contexts, continuations, strict=True)]
     sequences = [ctx + cont for ctx, cont in encoded]
     check_count("batch_size", batch_size)
     check_length(model, max(map(len, sequences), default=0))  # before any forward pass
-    mean = token == Token.MEAN
-    spans = [
-        (len(ctx), len(ctx) + len(cont)) if mean and cont else (len(ctx + cont) - 1,) * 2
-        for ctx, cont in encoded
-    ]
+    spans = _spans(encoded, token)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', not {padding_side!r}")
     # the tokens every sequence shares before its first read position run once
@@ -176,7 +170,6 @@ def _capture(
     if shared:  # after a cache, right padding keeps real tokens in consecutive slots
         padding_side = "right"
         spans = [(start - shared, end - shared) for start, end in spans]
-    base, _ = decoder_and_head(model)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     result: torch.Tensor | None = None
     pad = pad_id_of(tokenizer)
@@ -186,22 +179,9 @@ def _capture(
         rests = [sequences[i][shared:] for i in rows]
         ids, mask, _ = pad_batch(rests, pad, padding_side)
         offsets = [ids.shape[1] - len(rest) if padding_side == "left" else 0 for rest in rests]
-        recorded: dict[int, torch.Tensor] = {}
-
-        def record(key: int, hidden: torch.Tensor) -> None:
-            recorded[key] = _read_spans(hidden, [spans[i] for i in rows], offsets)  # noqa: B023
-
-        def stop(key: int, hidden: torch.Tensor) -> None:
-            raise _StopForward
-
-        with (
-            hooked(modules, record, on=on),
-            hooked({stop_layer: deepest_site}, stop),
-            contextlib.suppress(_StopForward),
-        ):
-            past = prefix.expanded(len(rows))
-            forward_on_cache(base, ids, mask, past, len(prefix), use_cache=past is not None)
-        batch = torch.stack([recorded[key] for key in keys], dim=1)
+        batch = reader.read(
+            ids, mask, prefix.expanded(len(rows)), len(prefix), [spans[i] for i in rows], offsets
+        )
         if result is None:
             result = torch.empty((len(sequences), len(keys), batch.shape[-1]))
         result[rows] = batch
@@ -209,6 +189,213 @@ def _capture(
     bar.close()
     assert result is not None
     return result
+
+
+@torch.no_grad()
+def capture_kinds(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    continuations: Mapping[str, Sequence[str]],
+    *,
+    layers: Sequence[int],
+    site: Site | str = Site.RESIDUAL,
+    token: Token | str = Token.LAST,
+    batch_size: int = 8,
+    layer_path: str | None = None,
+    progress: bool | str = False,
+) -> dict[str, torch.Tensor]:
+    """:func:`capture` of several kinds of continuation of the same contexts (e.g. the
+    neutral, positive and negative answers of demonstrations), each context run once.
+
+    ``continuations`` maps a kind to N continuations (one per context). The tokens that
+    all sequences share run once from a KV cache (as in :func:`capture`); then, per
+    batch of ``batch_size`` contexts, the tokens each context's K sequences share before
+    their first read position run once, and the K continuations go on from copies of
+    that cache (inner padding, positions over real tokens). Where that would change a
+    result (a sliding window shorter than a sequence's slots) or save nothing (a single
+    kind, or a context none of whose tokens its kinds share past the common prefix),
+    each kind is captured on its own. Either way every activation equals
+    :func:`capture`'s.
+
+    Returns:
+        kind → float32 ``(N, L, d)`` on the CPU, rows in the order of ``contexts``.
+    """
+    token = Token.parse(token, "token")
+    kinds = list(continuations)
+    checked = {kind: _checked_continuations(contexts, continuations[kind]) for kind in kinds}
+    layers = list(layers)
+    if not layers:
+        raise ValueError("capture needs at least one layer")
+    modules = site_modules(model, layers, site, layer_path)
+    check_count("batch_size", batch_size)
+    encoded = {
+        kind: [encode_pair(tokenizer, c, a) for c, a in zip(contexts, checked[kind], strict=True)]
+        for kind in kinds
+    }
+    sequences = {kind: [ctx + cont for ctx, cont in encoded[kind]] for kind in kinds}
+    spans = {kind: _spans(encoded[kind], token) for kind in kinds}
+    flat = [seq for kind in kinds for seq in sequences[kind]]
+    check_length(model, max(map(len, flat), default=0))  # before any forward pass
+    shared = shared_prefix_length(flat, [start for kind in kinds for start, _ in spans[kind]])
+    groups = [  # per context: the tokens its kinds share before their first read
+        _common_length(
+            [sequences[kind][i] for kind in kinds], min(spans[kind][i][0] for kind in kinds)
+        )
+        for i in range(len(contexts))
+    ]
+    # cache slots of the widest batch, padding included (bounded over all batches)
+    slots = max(groups, default=0) + max(
+        (len(sequences[k][i]) - g for k in kinds for i, g in enumerate(groups)), default=0
+    )
+    limit = context_length(model)
+    fits = window_allows(model, slots) and (limit is None or slots <= limit)
+    if len(kinds) < 2 or any(g <= shared for g in groups) or not fits:
+        return {
+            kind: _capture(
+                model,
+                tokenizer,
+                contexts,
+                checked[kind],
+                modules=modules,
+                keys=layers,
+                on="output",
+                token=token,
+                batch_size=batch_size,
+                padding_side="right",
+                layer_path=layer_path,
+                progress=f"{kind} activations" if progress is True else progress,
+            )
+            for kind in kinds
+        }
+    reader = _Reader(model, modules, layers, "output", layer_path)
+    prefix = PrefixCache.build(model, flat[0][:shared]) if shared else PrefixCache([])
+    pad = pad_id_of(tokenizer)
+    result: dict[str, torch.Tensor] = {}
+    order = sorted(range(len(contexts)), key=lambda i: max(len(sequences[k][i]) for k in kinds))
+    bar = progress_bar(
+        len(order), "activations" if progress is True else progress, "capture", "seq"
+    )
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        first = sequences[kinds[0]]
+        ids, mask, _ = pad_batch([first[i][shared : groups[i]] for i in rows], pad, "right")
+        past = prefix.expanded(len(rows))
+        if past is None:
+            past = DynamicCache(config=text_config(model.config))
+        reader.run_until_deepest(ids, mask, past, len(prefix))  # fills ``past`` in place
+        seen = torch.cat([torch.ones(len(rows), len(prefix), dtype=mask.dtype), mask], dim=1)
+        past.batch_repeat_interleave(len(kinds))  # type: ignore[attr-defined]
+        pairs = [(kind, i) for i in rows for kind in kinds]  # the order of repeat_interleave
+        rests = [sequences[kind][i][groups[i] :] for kind, i in pairs]
+        ids, mask, _ = pad_batch(rests, pad, "right")
+        read = [(spans[kind][i][0] - groups[i], spans[kind][i][1] - groups[i]) for kind, i in pairs]
+        batch = reader.read(
+            ids,
+            mask,
+            past,
+            seen.shape[1],
+            read,
+            [0] * len(pairs),
+            past_mask=seen.repeat_interleave(len(kinds), dim=0),
+        )
+        for kind_index, kind in enumerate(kinds):
+            if kind not in result:
+                result[kind] = torch.empty((len(contexts), len(layers), batch.shape[-1]))
+            result[kind][rows] = batch[kind_index :: len(kinds)]
+        bar.update(len(rows))
+    bar.close()
+    return result
+
+
+class _Reader:
+    """Forward passes of the base model that record ``modules`` (keyed by layer) at
+    ``on`` and stop right after the deepest layer in ``keys``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: Mapping[int, nn.Module],
+        keys: Sequence[int],
+        on: HookSite,
+        layer_path: str | None,
+    ) -> None:
+        self.modules, self.keys, self.on = modules, list(keys), on
+        self.stop_layer = max(self.keys)
+        self.deepest = site_modules(model, [self.stop_layer], "residual", layer_path)
+        self.base, _ = decoder_and_head(model)
+
+    def run_until_deepest(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        past: object,
+        past_len: int,
+        *,
+        past_mask: torch.Tensor | None = None,
+        record: HookFn | None = None,
+    ) -> None:
+        """The base model on ``ids`` after ``past`` (updated in place up to the deepest
+        layer; later layers' entries are stale, and no later pass reads them)."""
+
+        def stop(key: int, hidden: torch.Tensor) -> None:
+            raise _StopForward
+
+        with contextlib.ExitStack() as stack:
+            if record is not None:
+                stack.enter_context(hooked(self.modules, record, on=self.on))
+            stack.enter_context(hooked(self.deepest, stop))
+            stack.enter_context(contextlib.suppress(_StopForward))
+            forward_on_cache(
+                self.base,
+                ids,
+                mask,
+                past,
+                past_len,
+                past_mask=past_mask,
+                use_cache=past is not None,
+            )
+
+    def read(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        past: object,
+        past_len: int,
+        spans: Sequence[tuple[int, int]],
+        offsets: Sequence[int],
+        *,
+        past_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The activations of a batch, read per row at ``spans`` (shifted by
+        ``offsets``) → float32 ``(B, len(keys), w)`` on the CPU."""
+        recorded: dict[int, torch.Tensor] = {}
+
+        def record(key: int, hidden: torch.Tensor) -> None:
+            recorded[key] = _read_spans(hidden, spans, offsets)
+
+        self.run_until_deepest(ids, mask, past, past_len, past_mask=past_mask, record=record)
+        return torch.stack([recorded[key] for key in self.keys], dim=1)
+
+
+def _spans(encoded: Sequence[tuple[list[int], list[int]]], token: Token) -> list[tuple[int, int]]:
+    """Per (context ids, continuation ids): the positions read, ``(start, end)``: the
+    continuation's tokens for ``mean`` (non-empty continuations), else the last token
+    twice."""
+    mean = token == Token.MEAN
+    return [
+        (len(ctx), len(ctx) + len(cont)) if mean and cont else (len(ctx + cont) - 1,) * 2
+        for ctx, cont in encoded
+    ]
+
+
+def _common_length(sequences: Sequence[Sequence[int]], limit: int) -> int:
+    """How many leading ids all ``sequences`` share, at most ``limit``."""
+    length = min([limit, *map(len, sequences)])
+    for n in range(length):
+        if any(s[n] != sequences[0][n] for s in sequences[1:]):
+            return n
+    return length
 
 
 def _checked_continuations(

@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerBase
 
 from ..core.options import check_count
 from ..util.progress import progress_bar
-from .heads import decoder_and_head, lm_head_logits
+from .argmax import GreedyHead
+from .heads import decoder_and_head
 from .positions import prompt_boundary
 from .prefix import (
     PrefixCache,
@@ -57,7 +58,8 @@ def generate_greedy(
     its prompts left-padded after them, with positions counted over real tokens (a
     sliding-window model whose window is shorter than the longest sequence shares
     nothing, so that padding never shifts its window). Each step applies the LM head to
-    the last position only and takes the arg-max (no logits processors, as
+    the last position only and takes the arg-max (screened in bfloat16 where that is
+    exact and faster: :class:`~.argmax.GreedyHead`; no logits processors, as
     ``generate(do_sample=False)`` with a default generation config); a row stops at EOS
     (the generation config's or the tokenizer's), at a stop string in its new text, or
     at ``max_new_tokens``, and leaves the batch. Returns the new text only (the prompt is
@@ -121,6 +123,7 @@ class _Decoding:
         self.base, _ = decoder_and_head(model)
         self.max_new_tokens, self.stops = max_new_tokens, list(stops)
         self.ends = end_token_ids(model, tokenizer)
+        self.greedy = GreedyHead(model)
 
     def run(self, prompts: Sequence[list[int]], pad: int, chunk: int) -> list[str]:
         """The new text of each prompt (ids, the prefix's first), decoded without
@@ -164,7 +167,7 @@ class _Decoding:
         active = list(range(len(lengths)))
         new: list[list[int]] = [[] for _ in lengths]
         for step in range(self.max_new_tokens):
-            tokens = lm_head_logits(self.model, hidden).argmax(-1).tolist()
+            tokens = self.greedy(hidden).tolist()
             keep = []
             for j, (row, token) in enumerate(zip(active, tokens, strict=True)):
                 if token in self.ends:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .devices import execution_device
 from .layers import find_decoder_layers, text_config
 
 _FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
@@ -38,18 +39,46 @@ def lm_head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits from final hidden states ``(..., d)``, exactly as the model's forward makes
     them (including Gemma-style final soft-capping and Cohere/Granite logit scaling)."""
     _, head = decoder_and_head(model)
-    logits = head(hidden.to(next(head.parameters()).device)).float()
-    config = text_config(model.config)
-    scale = getattr(config, "logit_scale", None)
-    if isinstance(scale, (int, float)) and scale != 1:
+    return finish_logits(model, head(hidden.to(execution_device(head))).float())
+
+
+def finish_logits(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The LM head's float32 output ``logits`` as the model's forward finishes it: times
+    ``logit_scale``, divided by ``logits_scaling``, soft-capped by
+    ``final_logit_softcapping`` (each where the text config sets it)."""
+    scale, scaling, cap = _finishing(model)
+    if scale != 1:
         logits = logits * scale
-    scaling = getattr(config, "logits_scaling", None)
-    if isinstance(scaling, (int, float)) and scaling != 1:
+    if scaling != 1:
         logits = logits / scaling
-    cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def logits_monotone(model: nn.Module) -> bool:
+    """Whether :func:`finish_logits` keeps the order of logits (positive scales; the
+    soft-capping is increasing), so that the head's raw arg-max is the model's."""
+    scale, scaling, cap = _finishing(model)
+    return scale > 0 and scaling > 0 and cap >= 0
+
+
+def finishes_logits(model: nn.Module) -> bool:
+    """Whether :func:`finish_logits` changes logits at all (some scale or cap is set)."""
+    return _finishing(model) != (1.0, 1.0, 0.0)
+
+
+def _finishing(model: nn.Module) -> tuple[float, float, float]:
+    """``(logit_scale, logits_scaling, final_logit_softcapping)`` of the text config;
+    ``1, 1, 0`` where unset."""
+    config = text_config(model.config)
+    values = []
+    for name, default in (("logit_scale", 1.0), ("logits_scaling", 1.0)):
+        value = getattr(config, name, None)
+        values.append(float(value) if isinstance(value, (int, float)) else default)
+    cap = getattr(config, "final_logit_softcapping", None)
+    values.append(float(cap) if isinstance(cap, (int, float)) and cap else 0.0)
+    return values[0], values[1], values[2]
 
 
 def final_norm(model: nn.Module) -> nn.Module:

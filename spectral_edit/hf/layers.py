@@ -265,6 +265,33 @@ def attention_output_modules(
     }
 
 
+TOP_SIGNATURE = "top-signature-"
+"""The prefix of a ``top-signature-L`` spec: the L layers with the highest signature
+(method.md, the paper's layer heuristic), chosen at fit time from the demonstrations."""
+
+
+def top_signature_count(spec: str | int | Sequence[int] | None, num_layers: int) -> int | None:
+    """``L`` of a ``"top-signature-L"`` spec (``1 <= L <= num_layers``), ``None`` for any
+    other spec. Raises ``ValueError`` for a malformed or out-of-range ``L``."""
+    if not isinstance(spec, str) or not spec.strip().startswith(TOP_SIGNATURE):
+        return None
+    text = spec.strip()[len(TOP_SIGNATURE) :]
+    if not text.isdigit() or not 1 <= int(text) <= num_layers:
+        raise ValueError(
+            f"bad layer spec {spec!r}: expected top-signature-L with an integer L in "
+            f"1..{num_layers} (the model has {num_layers} layers)"
+        )
+    return int(text)
+
+
+def capture_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> list[int]:
+    """The layers a fit with layer spec ``spec`` captures: every layer for
+    ``top-signature-L`` (the candidates it chooses L of), else :func:`parse_layers`."""
+    if top_signature_count(spec, num_layers) is not None:
+        return list(range(num_layers))
+    return parse_layers(spec, num_layers)
+
+
 def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> list[int]:
     """Parse a layer selection into sorted, unique, 0-based indices.
 
@@ -276,6 +303,11 @@ def parse_layers(spec: str | int | Sequence[int] | None, num_layers: int) -> lis
     """
     if spec is None or spec == "all":
         return list(range(num_layers))
+    if top_signature_count(spec, num_layers) is not None:
+        raise ValueError(
+            f"layer spec {spec!r} chooses layers by the demonstrations' signatures, so it "
+            "is resolved when fitting SEA (sea fit, fit_editor, fit_from_activations), not here"
+        )
     if isinstance(spec, str):
         text = spec.strip()
         if text.startswith("last-"):

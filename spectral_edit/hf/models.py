@@ -15,10 +15,17 @@ conversion needs the ``gguf`` extra, a Hub id or a folder does not.
 
 :func:`model_name_of` and :func:`resolve_revision` give the name and exact revision to
 record with results.
+
+A model larger than one device loads dispatched by accelerate (``device_map``: ``"auto"``
+or an explicit map of module names to devices, ``"cpu"`` or ``"disk"``, with
+``offload_folder`` for the disk; :func:`parse_device_map` reads the command line's
+form). Editors, capture and the scorer work on such a model as on one in memory
+(docs/scaling.md, "Models larger than one device").
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +38,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from ..util.extras import require
 from .gguf_cache import cache_root, ensure_converted, gguf_source
 from .model_names import (
     DEFAULT_MODEL,
@@ -46,6 +54,7 @@ from .model_names import (
 __all__ = [
     "load_model",
     "model_name_of",
+    "parse_device_map",
     "parse_dtype",
     "resolve_revision",
 ]
@@ -103,6 +112,42 @@ def parse_dtype(
             return _DTYPE_ALIASES[key]
     choices = ", ".join([*_DTYPE_ALIASES, "auto"])
     raise ValueError(f"unknown dtype {dtype!r}; choose one of: {choices}")
+
+
+def parse_device_map(text: str | None) -> str | dict[str, Any] | None:
+    """A ``device_map`` as the command line gives it: ``None``; a JSON object of module
+    names to devices (``{"model.layers.0": "disk", "lm_head": "cpu", ...}``) or a
+    ``.json`` file holding one; else the text itself (``auto``, ``cpu``, ``cuda:0``...).
+
+    Raises:
+        ValueError: malformed JSON, or a JSON value that is not an object of devices.
+    """
+    if text is None:
+        return None
+    source = text.strip()
+    if source.endswith(".json") and not source.startswith("{"):
+        try:
+            source = Path(source).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"device map file {text}: {error}") from None
+    elif not source.startswith("{"):
+        return source
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"device map {text!r} is not valid JSON: {error}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, (str, int)) for k, v in value.items()
+    ):
+        raise ValueError(
+            f"device map {text!r} must be a JSON object of module names to devices "
+            '(e.g. {"model.layers.0": "disk", "lm_head": "cpu"})'
+        )
+    return value
+
+
+def _offloads_to_disk(device_map: str | dict | None) -> bool:
+    return isinstance(device_map, dict) and any(str(v) == "disk" for v in device_map.values())
 
 
 # --------------------------------------------------------------------------- loading
@@ -173,7 +218,11 @@ def _from_pretrained(
     revision: Any,
     trust_remote_code: bool,
     local_files_only: bool,
+    offload_folder: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    dispatch: dict[str, Any] = {}
+    if offload_folder is not None:
+        dispatch["offload_folder"] = str(offload_folder)
     common: dict[str, Any] = {
         "trust_remote_code": trust_remote_code,
         "local_files_only": local_files_only,
@@ -183,7 +232,7 @@ def _from_pretrained(
     with TRANSFORMERS_LOCK:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, device_map=device_map, **common
+            location, dtype=dtype, device_map=device_map, **dispatch, **common
         )
     return model, tokenizer
 
@@ -197,6 +246,7 @@ def load_model(
     cache_dir: Path | None = None,
     trust_remote_code: bool = False,
     local_files_only: bool = False,
+    offload_folder: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` in eval mode.
 
@@ -205,13 +255,18 @@ def load_model(
             :data:`~spectral_edit.hf.model_names.BUILTIN_MODELS`), ``.gguf`` path, local
             model folder, or Hugging Face Hub id.
         dtype: see :func:`parse_dtype`; default float32 on CPU.
-        device_map: passed to ``from_pretrained`` (needs ``accelerate``), e.g. ``"auto"``.
+        device_map: passed to ``from_pretrained`` (needs the ``accelerate`` extra), e.g.
+            ``"auto"``, or a map of module names to devices, ``"cpu"`` or ``"disk"``
+            (:func:`parse_device_map` reads the command line's text).
         revision: Hub branch/tag/commit; only for Hub ids.
         cache_dir: root of spectral-edit's cache of converted GGUF models (see
             :func:`~spectral_edit.hf.gguf_cache.cache_root`). Hub downloads use Hugging
             Face's own cache.
         trust_remote_code: passed to ``from_pretrained`` (Hub ids and folders).
         local_files_only: do not contact the Hub (use its local cache only).
+        offload_folder: where accelerate keeps the weights a ``device_map`` puts on
+            ``"disk"`` (required then; ``"auto"`` uses the disk only where the devices
+            and the CPU are full).
 
     The tokenizer gets ``pad_token = eos_token`` if it has no pad token (that instance
     only). Raises :class:`ModelNotFoundError` for a missing path or unknown name,
@@ -221,6 +276,13 @@ def load_model(
     """
     kind, value = classify(name_or_path)
     torch_dtype = parse_dtype(dtype, device_map=device_map)
+    if device_map is not None:
+        require("accelerate", "accelerate", "loading a model with a device_map")
+    if _offloads_to_disk(device_map) and offload_folder is None:
+        raise ValueError(
+            "the device map puts modules on 'disk': give a folder for their weights "
+            "(offload_folder; sea --offload-folder)"
+        )
     if revision is not None and kind != "hub":
         raise ValueError(f"revision={revision!r} applies to Hub ids only, not to {name_or_path!r}")
 
@@ -228,13 +290,14 @@ def load_model(
         folder = ensure_converted(gguf_source(value), cache_root(cache_dir))
         model, tokenizer = _from_pretrained(
             str(folder), dtype=torch_dtype, device_map=device_map, revision=None,
-            trust_remote_code=False, local_files_only=True,
+            trust_remote_code=False, local_files_only=True, offload_folder=offload_folder,
         )  # fmt: skip
     elif kind == "folder":
         try:
             model, tokenizer = _from_pretrained(
                 value, dtype=torch_dtype, device_map=device_map, revision=None,
                 trust_remote_code=trust_remote_code, local_files_only=True,
+                offload_folder=offload_folder,
             )  # fmt: skip
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load a model from the folder {value}: {exc}") from exc
@@ -244,6 +307,7 @@ def load_model(
             model, tokenizer = _from_pretrained(
                 value, dtype=torch_dtype, device_map=device_map, revision=hub_revision,
                 trust_remote_code=trust_remote_code, local_files_only=local_files_only,
+                offload_folder=offload_folder,
             )  # fmt: skip
         except Exception as exc:
             clear = _translate_hub_error(value, exc)

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from .devices import execution_device
+
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 """Config fields that hold a model's context length, in the order they are trusted."""
 
@@ -155,12 +157,12 @@ def model_inputs(
 
 
 def input_device(model: nn.Module) -> torch.device:
-    """The device of the input embeddings (the first shard under ``device_map``)."""
+    """The device the input embeddings run on (the first shard under ``device_map``;
+    their execution device where accelerate offloads them: :func:`~.devices.
+    execution_device`)."""
     get_embeddings = getattr(model, "get_input_embeddings", None)
-    weight = getattr(get_embeddings() if callable(get_embeddings) else None, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return weight.device
-    return next(model.parameters()).device
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    return execution_device(embeddings if isinstance(embeddings, nn.Module) else model)
 
 
 def cache_kwargs(model: nn.Module, cache: object) -> dict[str, object]:

@@ -58,8 +58,9 @@ from torch import nn
 from ..core.options import Positions
 from ..demos.prompts import PLAIN, ChatTemplateError, PromptFormat, chat_format
 from ..editors.base import Editor
+from ..editors.composition import members_of
 from ..editors.file_format import warn_if_other_prompt_format
-from ..editors.registry import load_editor
+from ..editors.registry import load_editors
 from ..hf.model_names import DEFAULT_MODEL
 from ..hf.models import load_model
 from ..util.extras import require
@@ -112,9 +113,15 @@ def check_editor_positions(editor: Editor, source: str) -> None:
     right-padded context-plus-continuation batches without it, where the edit would act
     on every position instead.
     """
-    positions = getattr(editor, "positions", Positions.ALL)
-    if Positions.parse(positions, "positions") is Positions.ALL:
+    restricted = [
+        getattr(member, "positions", Positions.ALL)
+        for member in members_of(editor)
+        if Positions.parse(getattr(member, "positions", Positions.ALL), "positions")
+        is not Positions.ALL
+    ]
+    if not restricted:
         return
+    positions = restricted[0]
     raise UnsupportedEditorError(
         f"{source}: the editor edits only the {str(positions)!r} positions, which needs each "
         "sequence's prompt/answer boundary; lm-evaluation-harness batches do not carry it, "
@@ -123,18 +130,25 @@ def check_editor_positions(editor: Editor, source: str) -> None:
     )
 
 
-def source_of(editor: str | Path | Editor | None) -> str:
-    """How messages name the editor: its file or reference, or its type."""
+EditorArg = str | Path | Editor | Sequence[str | Path] | None
+"""What :class:`SpectralEditLM` takes as its editor: none, one file or reference, an
+editor, or several files to compose in their order."""
+
+
+def source_of(editor: EditorArg) -> str:
+    """How messages name the editor: its file or reference (several: comma-separated), or
+    its type."""
     if editor is None or isinstance(editor, (str, Path)):
         return str(editor)
-    return f"editor {type(editor).__name__}"
+    if isinstance(editor, Editor):
+        return f"editor {type(editor).__name__}"
+    return ", ".join(str(source) for source in editor)
 
 
-def _resolve_editor(
-    editor: str | Path | Editor | None, alpha: float | None, model: nn.Module
-) -> Editor | None:
-    """The editor to apply (read from its file and checked against ``model``), at
-    strength ``alpha`` if given; ``alpha`` without an editor is a ``ValueError``."""
+def _resolve_editor(editor: EditorArg, alpha: float | None, model: nn.Module) -> Editor | None:
+    """The editor to apply (read from its file(s), composed in order, and checked against
+    ``model``), at strength ``alpha`` if given (a composition: every member's strength
+    scaled by it); ``alpha`` without an editor is a ``ValueError``."""
     if editor is None:
         if alpha is not None:
             raise ValueError(f"alpha={alpha!r} was given without an editor to apply it to")
@@ -142,8 +156,10 @@ def _resolve_editor(
     source = source_of(editor)
     if isinstance(editor, Editor):
         editor.check_model(model)
+    elif isinstance(editor, (str, Path)):
+        editor = load_editors([editor], model)  # a file, or any reference load_editor accepts
     else:
-        editor = load_editor(source, model)  # a file, or any reference load_editor accepts
+        editor = load_editors(list(editor), model)
     if alpha is not None:
         editor = editor.with_options(alpha=float(alpha))
     check_editor_positions(editor, source)
@@ -187,8 +203,10 @@ class SpectralEditLM(HFLM):
             :func:`~spectral_edit.hf.models.load_model`), or an already loaded model
             (then give its ``tokenizer``; it is used as it is, and never modified but for
             the editor's hooks while requests run).
-        editor: an editor file of any kind this library writes, or an editor; ``None``
-            evaluates the unedited model.
+        editor: an editor file of any kind this library writes, or an editor, or a list
+            of editor files (composed in their order,
+            :mod:`spectral_edit.editors.composition`); ``None`` evaluates the unedited
+            model.
         alpha: the editor's strength (default: the one stored in the editor).
         tokenizer: the tokenizer (default: the one loaded with ``pretrained``).
         dtype, revision, trust_remote_code: passed to ``load_model`` (only with a name).
@@ -207,7 +225,7 @@ class SpectralEditLM(HFLM):
     def __init__(
         self,
         pretrained: str | nn.Module = DEFAULT_MODEL,
-        editor: str | Path | Editor | None = None,
+        editor: EditorArg = None,
         alpha: float | None = None,
         *,
         tokenizer: Any = None,
@@ -263,12 +281,12 @@ class SpectralEditLM(HFLM):
         if self._format_checked or self.editor is None:
             return
         self._format_checked = True
-        warn_if_other_prompt_format(
-            self.editor_source,
-            getattr(self.editor, "metadata", {}),
-            self.prompt_format(),
-            LM_EVAL_PROMPT_OPTIONS,
-        )
+        members = members_of(self.editor)
+        for index, member in enumerate(members):
+            source = self.editor_source if len(members) == 1 else f"{self.editor_source} ({index})"
+            metadata = getattr(member, "metadata", {})
+            formats = self.prompt_format(), LM_EVAL_PROMPT_OPTIONS
+            warn_if_other_prompt_format(source, metadata, *formats)
 
     @contextmanager
     def edited(self) -> Iterator[nn.Module]:
@@ -305,11 +323,14 @@ def register() -> type[SpectralEditLM]:
 
 
 def cli_arguments(
-    argv: Sequence[str], editor: str | Path | None = None, alpha: float | None = None
+    argv: Sequence[str],
+    editor: str | Path | Sequence[str | Path] | None = None,
+    alpha: float | None = None,
 ) -> list[str]:
     """``argv`` of lm-eval's command with ``--model spectral-edit`` (added when absent)
     and, when given, ``editor`` and ``alpha`` merged into its ``--model_args`` (as one
     JSON ``--model_args``, which lm-eval merges with the others; paths may hold commas).
+    Several editors (a composition) go as a JSON list; one as a string, as before.
 
     Raises:
         ValueError: ``argv`` names another ``--model``.
@@ -321,8 +342,11 @@ def cli_arguments(
     if model is None:
         args += ["--model", MODEL_NAME]
     extra: dict[str, Any] = {}
-    if editor is not None:
+    if isinstance(editor, (str, Path)):
         extra["editor"] = str(editor)
+    elif editor is not None:
+        sources = [str(source) for source in editor]
+        extra["editor"] = sources[0] if len(sources) == 1 else sources
     if alpha is not None:
         extra["alpha"] = float(alpha)
     if extra:

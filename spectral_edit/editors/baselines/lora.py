@@ -225,24 +225,29 @@ class LoRAEditor(EditorBase):
         self.locate(model)
 
     def attach(self, model: nn.Module) -> HookHandle:
-        """Add the adapters' deltas to ``model`` until ``handle.remove()``."""
+        """Add the adapters' deltas to ``model`` until ``handle.remove()``; the factors
+        take each layer's weight dtype and are placed on the device its input arrives on
+        (where it computes: also under accelerate offload, whose weights wait on
+        ``meta``), once per device."""
         modules = self.locate(model)
         weights = {name: module.get_parameter("weight") for name, module in modules.items()}
         factors = {
-            name: (
-                a.to(weights[name].device, weights[name].dtype),
-                b.to(weights[name].device, weights[name].dtype),
-                self.alpha * scaling,
-            )
+            name: (a, b, self.alpha * scaling)
             for name, a, b, scaling in zip(
                 self.modules, self.lora_A, self.lora_B, self.scalings, strict=True
             )
         }
+        placed: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
         def add_delta(name: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
             if self.alpha == 0:
                 return None
-            a, b, factor = factors[name]
+            key = (name, x.device)
+            if key not in placed:
+                dtype = weights[name].dtype
+                a, b, _ = factors[name]
+                placed[key] = (a.to(x.device, dtype), b.to(x.device, dtype))
+            (a, b), factor = placed[key], factors[name][2]
             delta = F.linear(F.linear(x.to(a.dtype), a), b) * factor
             return out + delta.to(out.dtype)
 
