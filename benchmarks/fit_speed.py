@@ -40,7 +40,7 @@ from spectral_edit.demos.prompts import answer_text
 from spectral_edit.experiments.pipeline import fit_editor
 from spectral_edit.hf.capture import capture
 from spectral_edit.hf.layers import find_decoder_layers, parse_layers
-from spectral_edit.hf.tokens import encode_pair, pad_batch, pad_id_of
+from spectral_edit.hf.tokens import encode_pair, input_device, pad_batch, pad_id_of
 from spectral_edit.util.identity import path_identity
 from spectral_edit.util.report import write_json
 
@@ -50,10 +50,10 @@ def plain_forward(model, tokenizer, sequences, layers, batch_size) -> torch.Tens
     outputs; the last entry is final-normed in transformers 5, so ``layers`` excludes
     the last layer when compared)."""
     out = torch.empty(len(sequences), len(layers), model.config.hidden_size)
-    pad = pad_id_of(tokenizer)
+    pad, device = pad_id_of(tokenizer), input_device(model)
     for start in range(0, len(sequences), batch_size):
         rows = sequences[start : start + batch_size]
-        ids, mask, positions = pad_batch(rows, pad, "right")
+        ids, mask, positions = (t.to(device) for t in pad_batch(rows, pad, "right"))
         with torch.no_grad():
             hidden = model(
                 input_ids=ids,
@@ -63,8 +63,20 @@ def plain_forward(model, tokenizer, sequences, layers, batch_size) -> torch.Tens
             ).hidden_states
         last = torch.tensor([len(r) - 1 for r in rows])
         for j, layer in enumerate(layers):
-            out[start : start + len(rows), j] = hidden[layer + 1][torch.arange(len(rows)), last]
+            rows_at = hidden[layer + 1][torch.arange(len(rows)), last]
+            out[start : start + len(rows), j] = rows_at.cpu()
     return out
+
+
+def positive_sequences(tokenizer, demos) -> tuple[list[str], list[str], list[list[int]]]:
+    """The demonstrations' prompts, positive answer texts and the token ids of each
+    prompt + answer (what :func:`plain_forward` and ``capture`` both read)."""
+    prompts = [d.prompt for d in demos]
+    answers = [answer_text(d.positive) for d in demos]
+    sequences = [
+        sum(encode_pair(tokenizer, p, a), []) for p, a in zip(prompts, answers, strict=True)
+    ]
+    return prompts, answers, sequences
 
 
 def timed(fn):
@@ -87,11 +99,7 @@ def main() -> None:
     (model, tokenizer), load_s = timed(lambda: load_model(args.model))
     demos = read_demos(args.demos)
     layers = parse_layers(args.layers, len(find_decoder_layers(model)))
-    prompts = [d.prompt for d in demos]
-    answers = [answer_text(d.positive) for d in demos]
-    sequences = [
-        sum(encode_pair(tokenizer, p, a), []) for p, a in zip(prompts, answers, strict=True)
-    ]
+    prompts, answers, sequences = positive_sequences(tokenizer, demos)
     # compare below the last layer: hidden_states' last entry is final-normed
     compared = [layer for layer in layers if layer < len(find_decoder_layers(model)) - 1]
     plain, plain_s = timed(

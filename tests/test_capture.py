@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from spectral_edit.core.options import Site, Token
-from spectral_edit.hf.capture import capture, capture_kinds, capture_modules
+from spectral_edit.hf.capture import (
+    capture,
+    capture_kinds,
+    capture_modules,
+    random_answer_position,
+)
 from spectral_edit.hf.layers import (
     LayerNotFoundError,
     find_decoder_layers,
@@ -44,6 +49,9 @@ def _reference(model, tokenizer, context, continuation, token="last"):
     hidden[-1] = raw["last"]
     if token == "mean" and cont:
         return torch.stack([h[0, len(ctx) :].mean(0) for h in hidden[1:]])
+    if token == "random" and cont:
+        at = len(ctx) + random_answer_position(ctx, cont, seed=0)
+        return torch.stack([h[0, at] for h in hidden[1:]])
     return torch.stack([h[0, -1] for h in hidden[1:]])
 
 
@@ -99,7 +107,7 @@ SHARED = [
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("token", ["last", "mean"])
+@pytest.mark.parametrize("token", ["last", "mean", "random"])
 def test_a_shared_prefix_runs_once_and_changes_no_activation(arch, side, token):
     model = make_tiny_model(arch)
     tokenizer = make_tiny_tokenizer()
@@ -199,7 +207,9 @@ def test_sites_and_tokens_accept_the_enums_or_their_strings():
     by_enum = capture(model, tokenizer, *texts, layers=[0], site=Site.MLP, token=Token.MEAN)
     by_str = capture(model, tokenizer, *texts, layers=[0], site="mlp", token="mean")
     assert torch.equal(by_enum, by_str)
-    with pytest.raises(ValueError, match=r"token must be one of \('last', 'mean'\), not 'first'"):
+    with pytest.raises(
+        ValueError, match=r"token must be one of \('last', 'mean', 'random'\), not 'first'"
+    ):
         capture(model, tokenizer, *texts, layers=[0], token="first")
 
 
@@ -220,16 +230,16 @@ last token), answers of different lengths, one that begins like another."""
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-@pytest.mark.parametrize("token", ["last", "mean"])
+@pytest.mark.parametrize("token", ["last", "mean", "random"])
 @pytest.mark.parametrize("primer", [True, False])
 def test_kinds_of_answer_share_each_context_and_equal_one_capture_per_kind(arch, token, primer):
     model = make_tiny_model(arch)
     tokenizer = make_tiny_tokenizer()
     layers = list(range(len(find_decoder_layers(model))))
     contexts = [c if primer else c[len(PRIMER) :] for c, _ in SHARED]
-    widths: list[int] = []
+    shapes: list[tuple[int, int]] = []  # (rows, tokens) of each forward pass
     handle = model.get_input_embeddings().register_forward_hook(
-        lambda m, args, out: widths.append(args[0].shape[1])
+        lambda m, args, out: shapes.append(tuple(args[0].shape))
     )
     try:
         got = capture_kinds(
@@ -250,13 +260,15 @@ def test_kinds_of_answer_share_each_context_and_equal_one_capture_per_kind(arch,
         )
     ]
     alone = 3 * ((1 if primer else 0) + 2)  # each kind on its own: prefix, 2 batches
-    rows = ([1] if primer else []) + [3, 9, 1, 3]  # prefix; context pass, 3x wider pass
+    # prefix; per batch of contexts, their pass, then their 3x as many continuations in
+    # chunks of batch_size rows
+    rows = ([1] if primer else []) + [3, 3, 3, 3, 1, 3]
     if sliding_window(model) is None:
-        assert len(widths) == len(rows)
-    if len(widths) == len(rows):  # each context's tokens before its first read ran once
-        assert sum(w * n for w, n in zip(widths, rows, strict=True)) < sum(lengths)
+        assert [n for n, _ in shapes] == rows
+    if [n for n, _ in shapes] == rows:  # each context's tokens before its first read ran once
+        assert sum(w * n for n, w in shapes) < sum(lengths)
     else:  # only where inner padding could move a sliding window
-        assert sliding_window(model) is not None and len(widths) == alone
+        assert sliding_window(model) is not None and len(shapes) == alone
 
 
 def test_capture_kinds_checks_every_kind():
@@ -266,3 +278,36 @@ def test_capture_kinds_checks_every_kind():
         capture_kinds(model, tokenizer, ["a", "b"], {"x": ["c", "d"], "y": ["e"]}, layers=[0])
     with pytest.raises(ValueError, match="at least one layer"):
         capture_kinds(model, tokenizer, ["a"], {"x": ["c"]}, layers=[])
+
+
+def test_random_answer_token_is_seeded_uniform_and_independent_of_batching():
+    context, answer = [5, 6, 7], [11, 12, 13, 14, 15]
+    draws = [random_answer_position(context, answer, seed) for seed in range(2000)]
+    assert draws == [random_answer_position(context, answer, seed) for seed in range(2000)]
+    counts = torch.bincount(torch.tensor(draws), minlength=len(answer))
+    assert len(counts) == len(answer)  # always inside the answer
+    assert counts.min() > 0.15 * len(draws) and counts.max() < 0.25 * len(draws)
+    # the draw depends on the text, not only on the answer's length
+    others = [random_answer_position([5, 6, 8], answer, seed) for seed in range(2000)]
+    assert others != draws
+    with pytest.raises(ValueError, match="non-empty"):
+        random_answer_position(context, [], 0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_random_token_reads_its_drawn_answer_token_whatever_the_batch(arch):
+    model = make_tiny_model(arch)
+    tokenizer = make_tiny_tokenizer()
+    contexts, answers = [c for c, _ in SHARED], [a for _, a in SHARED]
+    encoded = [encode_pair(tokenizer, c, a) for c, a in SHARED]
+    # some drawn token is not the last one (else this test could not tell them apart)
+    assert any(random_answer_position(c, a, 0) < len(a) - 1 for c, a in encoded if a)
+    layers = [0, 1]
+    one = capture(model, tokenizer, contexts, answers, layers=layers, token="random", batch_size=1)
+    many = capture(model, tokenizer, contexts[::-1], answers[::-1], layers=layers, token="random")
+    torch.testing.assert_close(one, many.flip(0), atol=1e-5, rtol=1e-4)
+    last = capture(model, tokenizer, contexts, answers, layers=layers, token="last")
+    reseeded = capture(
+        model, tokenizer, contexts, answers, layers=layers, token="random", token_seed=7
+    )
+    assert not torch.allclose(one, last) and not torch.allclose(one, reseeded)

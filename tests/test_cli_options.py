@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import spectral_edit.hf.generation as generation
@@ -49,7 +50,7 @@ def test_generate_passes_non_ascii_prompt_intact(tiny_model_dir, monkeypatch):
         ("--site", "mpl", "'residual', 'mlp'"),
         ("--merge", "max", "'norm', 'mean'"),
         ("--neutral", "model", "'generate', 'prompt', 'given'"),
-        ("--token", "first", "'last', 'mean'"),
+        ("--token", "first", "'last', 'mean', 'random'"),
         ("--feature", "relu", "'linear', 'tanh', 'elu', 'squared-exponential'"),
     ],
 )
@@ -70,6 +71,37 @@ def test_fit_feature_accepts_case_and_underscore(tiny_model_dir, demos_file, tmp
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert SpectralEditor.load(out).feature == "squared-exponential"
+
+
+def test_fit_random_token_records_its_seed_and_the_seed_matters(
+    tiny_model_dir, demos_file, tmp_path
+):
+    from spectral_edit import SpectralEditor
+
+    factors = {}
+    for seed in (0, 0, 5):
+        out = tmp_path / f"random{seed}.safetensors"
+        args = ["fit", "--model", str(tiny_model_dir), "--demos", str(demos_file)]
+        args += ["--out", str(out), "--layers", "last-1", "--neutral", "prompt"]
+        result = runner.invoke(app, [*args, "--token", "random", "--token-seed", str(seed)])
+        assert result.exit_code == 0, result.output
+        editor = SpectralEditor.load(out)
+        assert editor.metadata["token"] == "random"
+        assert editor.metadata["token_seed"] == seed
+        factors.setdefault(seed, []).append(editor.pos_factors[0])
+    torch.testing.assert_close(factors[0][0], factors[0][1], atol=0, rtol=0)
+    assert factors[0][0].shape != factors[5][0].shape or not torch.allclose(
+        factors[0][0], factors[5][0]
+    )
+
+
+def test_fit_refuses_a_negative_token_seed(demos_file, tmp_path):
+    args = ["fit", "--model", str(tmp_path / "no-model"), "--demos", str(demos_file)]
+    result = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "e.safetensors")] + ["--token-seed", "-1"]
+    )
+    assert result.exit_code == 2
+    assert "--token-seed" in result.output
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,6 @@ from spectral_edit.experiments.joint_study import (
     joint_vs_specialised,
 )
 from spectral_edit.hf.models import load_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import joint_vs_specialised as script  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -122,19 +118,30 @@ def test_the_options_are_checked_before_anything_runs():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_the_benchmark_script_runs_the_study(tiny_model_dir, data_dir, tmp_path, capsys):
-    out = tmp_path / "script"
-    script.main(
-        [
-            "--model", str(tiny_model_dir), "--out", str(out), "--data-dir", str(data_dir),
-            "--n-truth", "3", "--n-bias", "2", "--tqa-limit", "2", "--bbq-limit", "3",
-            "--mc-file", "mc_task.json", "--truth-layers", "last-2", "--bias-layers",
-            "last-1", "--neutral", "prompt", "--pos-rank", "1", "--neg-rank", "2",
-            "--joint-like", "bias", "--batch-size", "4",
-        ]
-    )  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "| composed |" in printed and "| joint |" in printed
+def test_the_command_runs_the_study_and_resumes(tiny_model_dir, data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from spectral_edit.cli.app import app
+
+    out = tmp_path / "command"
+    args = [
+        "joint-study", "--model", str(tiny_model_dir), "--out", str(out), "--data-dir",
+        str(data_dir), "--n-truth", "3", "--n-bias", "2", "--tqa-limit", "2", "--bbq-limit",
+        "3", "--mc-file", "mc_task.json", "--truth-layers", "last-2", "--bias-layers",
+        "last-1", "--neutral", "prompt", "--pos-rank", "1", "--neg-rank", "2",
+        "--joint-like", "bias", "--batch-size", "4",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "composed" in result.output and "joint" in result.output
     report = json.loads((out / "report.json").read_text())
+    assert [row[0] for row in report["rows"]] == list(SETTINGS)
     assert report["n_questions"] == 2 and report["n_bbq_items"] == 3
     assert report["options"]["joint_options"]["layers"] == "last-1"
+    assert report["options"]["bias_options"]["feature"] == "squared-exponential"
+    again = CliRunner().invoke(app, args)  # a rerun reuses every stage
+    assert again.exit_code == 0, again.output
+    assert "scoring" not in again.output
+    assert json.loads((out / "report.json").read_text())["rows"] == report["rows"]
+    bad = CliRunner().invoke(app, [*args[:-2], "--joint-like", "both"])
+    assert bad.exit_code == 2 and "--joint-like" in bad.output

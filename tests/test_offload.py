@@ -190,3 +190,198 @@ def test_sea_fit_and_generate_with_an_offloaded_model_on_the_command_line(
     assert result.exit_code == 0, result.output
     missing = runner.invoke(app, ["generate", *model, "--device-map", json.dumps(DEVICE_MAP), "Q"])
     assert missing.exit_code == 2 and "--offload-folder" in missing.output
+
+
+# --------------------------------------------------------------- outputs under an edit
+REQUESTS = [
+    ChoiceRequest("Q: Is the sky green?\nA:", (" yes", " no", " maybe so")),
+    ChoiceRequest("Q: What is 2 and 2?\nA:", (" the answer is 4", " 5", " no")),
+    ChoiceRequest("Q: Where is the river?\nA:", (" north", " in the stone", " yes")),
+]
+NEUTRAL = ["The lamp is on the table.", "A river runs north of the stone.", "Paper is white."]
+
+
+def _scores(model, tokenizer, readout=None):
+    kwargs = {} if readout is None else {"readout": readout}
+    scored = score_requests(model, tokenizer, REQUESTS, shared_prefix="Q:", batch_size=2, **kwargs)
+    return torch.tensor([[s.logprob for s in row] for row in scored], dtype=torch.float64)
+
+
+def test_scores_and_greedy_generation_under_every_editor_equal_the_in_memory_model(models):
+    from spectral_edit.evaluate.readout import DoLaReadout
+
+    memory, dispatched, tokenizer = models
+    prompts = ["Q: What is the answer?\nA:", "Q: Is the lamp on?\nA: yes, and"]
+    dola = DoLaReadout(hidden_states=(0,))
+    for name, editor in _editors(models).items():
+        seen = []
+        for model in (memory, dispatched):
+            with editor.apply(model):
+                texts = generate_greedy(model, tokenizer, prompts, max_new_tokens=8, stops=())
+                seen.append((_scores(model, tokenizer), _scores(model, tokenizer, dola), texts))
+        (alone, alone_dola, alone_text), (spread, spread_dola, spread_text) = seen
+        assert not torch.allclose(alone, _scores(memory, tokenizer), atol=1e-4), name
+        torch.testing.assert_close(spread, alone, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(spread_dola, alone_dola, atol=1e-5, rtol=0, msg=name)
+        assert spread_text == alone_text, name
+        assert all(t for t in alone_text), name  # something was generated
+
+
+def test_kl_and_the_contrast_readout_kl_equal_the_in_memory_model(models):
+    from spectral_edit.evaluate.contrast import Companion, ContrastReadout
+    from spectral_edit.evaluate.kl import build_kl_reference, measure_kl, measure_readout_kl
+
+    memory, dispatched, tokenizer = models
+    editors = _editors(models)
+    results = []
+    for model in (memory, dispatched):
+        reference = build_kl_reference(model, tokenizer, NEUTRAL, batch_size=2)
+        kl = measure_kl(model, reference, editors["sea"])
+        # ICD's readout: the model contrasted with itself under an editor, run on the
+        # offloaded model as companion too (its LM head's weights wait on meta)
+        readout = ContrastReadout(Companion(model, editors["mean-diff"]), beta=1.0)
+        readout_kl = measure_readout_kl(model, reference, readout)
+        results.append((torch.cat(reference.hidden), kl.values, readout_kl.values))
+    (hidden_a, kl_a, rkl_a), (hidden_b, kl_b, rkl_b) = results
+    torch.testing.assert_close(hidden_b, hidden_a, atol=1e-5, rtol=0)
+    assert kl_a.max() > 1e-4 and rkl_a.max() > 1e-4  # both edits move the distribution
+    assert kl_b == pytest.approx(kl_a, abs=1e-5)
+    assert rkl_b == pytest.approx(rkl_a, abs=1e-5)
+
+
+def test_onloaded_brings_offloaded_weights_in_and_out_again(models):
+    from spectral_edit.hf.devices import offload_hooks, onloaded
+
+    memory, dispatched, tokenizer = models
+    assert offload_hooks(memory) == []
+    names = {n for n, p in dispatched.named_parameters() if p.device.type == "meta"}
+    with onloaded(dispatched):
+        state = dispatched.state_dict()
+        dispatched(**tokenizer(TEXTS[:1], return_tensors="pt"))  # a forward pass inside
+        assert all(v.device.type == "cpu" for v in dispatched.state_dict().values())
+    for key, value in memory.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert {n for n, p in dispatched.named_parameters() if p.device.type == "meta"} == names
+    torch.testing.assert_close(_logits(dispatched, tokenizer), _logits(memory, tokenizer))
+
+
+# ------------------------------------------------------------------- more commands
+def _where(tmp_path: Path, name: str = "off") -> list[str]:
+    return ["--device-map", json.dumps(DEVICE_MAP), "--offload-folder", str(tmp_path / name)]
+
+
+def test_sea_capture_with_an_offloaded_model(tmp_path: Path, model_dir: Path):
+    from spectral_edit.demos.activations_file import load_activations
+
+    demos = write_demos(tmp_path / "demos.jsonl", DEMOS)
+    args = ["capture", "--model", str(model_dir), "--demos", str(demos), "--neutral", "prompt"]
+    for name, extra in (("memory", []), ("offload", _where(tmp_path))):
+        result = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / f"{name}.st")])
+        assert result.exit_code == 0, result.output
+    (alone, _), (spread, _) = (
+        load_activations(tmp_path / f"{n}.st") for n in ("memory", "offload")
+    )
+    for part in ("neutral", "positive", "negative"):
+        torch.testing.assert_close(getattr(spread, part), getattr(alone, part), atol=1e-5, rtol=0)
+
+
+def test_sea_export_of_an_offloaded_model_equals_the_in_memory_export(
+    tmp_path: Path, model_dir: Path, models
+):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from spectral_edit.editors.sea_fit import fit_from_arrays
+
+    memory, _, tokenizer = models
+    g = torch.Generator().manual_seed(3)
+    neutral, positive, negative = (3 * torch.randn(12, 2, 32, generator=g) for _ in "abc")
+    editor = fit_from_arrays(
+        neutral, positive, negative + 2.0, merge="mean", site="mlp", pos_rank=3, neg_rank=3,
+        alpha=1.5, layers=[0, 1], num_layers=2,
+    ).with_options(center_edit=True)  # fmt: skip
+    editor.save(tmp_path / "editor.safetensors")
+    args = ["export", "--model", str(model_dir), "--editor", str(tmp_path / "editor.safetensors")]
+    for name, extra in (("memory", []), ("offload", _where(tmp_path))):
+        result = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert "max |Δlogit|" in result.output
+    alone, spread = (load_file(tmp_path / n / "model.safetensors") for n in ("memory", "offload"))
+    assert set(spread) == set(alone) and "model.layers.0.mlp.down_proj.bias" in alone
+    for key, value in alone.items():  # layer 0 (folded) was on disk when it was exported
+        torch.testing.assert_close(spread[key], value, atol=1e-6, rtol=0, msg=key)
+    with editor.apply(memory):
+        hooked = _logits(memory, tokenizer)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "offload", dtype=torch.float32)
+    torch.testing.assert_close(_logits(exported, tokenizer), hooked, atol=1e-4, rtol=0)
+
+
+def _numbers(value, path=""):
+    """Every number of a JSON value by its path, but timings (and costs in time)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not any(word in key for word in ("second", "time", "overhead", "_ms")):
+                out.update(_numbers(item, f"{path}/{key}"))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for index, item in enumerate(value):
+            out.update(_numbers(item, f"{path}/{index}"))
+        return out
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return {}
+    return {path: float(value)}
+
+
+def test_sea_compare_with_an_offloaded_model_finds_what_the_in_memory_model_finds(
+    tmp_path: Path, model_dir: Path
+):
+    import shutil
+
+    from tests.cli_runs import FIXTURES, compare_args
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    demos = write_demos(tmp_path / "demos.jsonl", DEMOS)
+    reports = []
+    for name, extra in (("memory", []), ("offload", _where(tmp_path))):
+        out = tmp_path / name
+        args = [str(a) for a in compare_args(model_dir, demos, data, out)]
+        result = CliRunner().invoke(app, [*args, "--dtype", "float32", *extra])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((out / "report.json").read_text()))
+    alone, spread = (_numbers(r) for r in reports)
+    assert len(alone) > 5 and set(spread) == set(alone), sorted(alone)
+    # the held-out figures of an edited model are compared, not only the unedited ones
+    assert alone["/methods/mean-diff/mc2"] != alone["/methods/none/mc2"]
+    for key, value in alone.items():
+        assert spread[key] == pytest.approx(value, abs=1e-5, nan_ok=True), key
+    assert reports[1]["methods"].keys() == reports[0]["methods"].keys()
+
+
+def _commands(group, prefix=()):
+    """``(path, click command)`` of every command of the ``sea`` app (groups recursed)."""
+    for name, command in group.commands.items():
+        if getattr(command, "commands", None):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_command_with_a_device_map_takes_an_offload_folder(tmp_path: Path, model_dir: Path):
+    import typer.main
+
+    params = {
+        path: {p.name for p in c.params} for path, c in _commands(typer.main.get_command(app))
+    }
+    with_map = {path for path, names in params.items() if "device_map" in names}
+    assert {("tune",), ("compare",), ("export",), ("sweep",), ("capture",), ("demo",)} <= with_map
+    assert {("eval", "truthfulqa"), ("fit",), ("generate",)} <= with_map
+    assert [path for path in with_map if "offload_folder" not in params[path]] == []
+    # sea demo reads the JSON map (it once passed the text on as it was)
+    demo = ["demo", "--model", str(model_dir), "--out", str(tmp_path / "demo")]
+    missing = CliRunner().invoke(app, [*demo, "--device-map", json.dumps(DEVICE_MAP)])
+    assert missing.exit_code == 2 and "--offload-folder" in missing.output, missing.output
+    bad = CliRunner().invoke(app, [*demo, "--device-map", "{model: disk}"])
+    assert bad.exit_code == 2 and "not valid JSON" in bad.output, bad.output

@@ -16,7 +16,10 @@ from .common import (
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    OffloadFolderOpt,
     SystemPromptOpt,
+    TokenOpt,
+    TokenSeedOpt,
     check_prompt_options,
     console,
     count_option,
@@ -37,7 +40,8 @@ def capture(
     layers: Annotated[str, typer.Option(help="all, last-L, or a list like 10,11.")] = "all",
     site: Annotated[Site, typer.Option(help="residual or mlp.")] = Site.RESIDUAL,
     neutral: Annotated[Neutral, typer.Option(help="generate, prompt or given.")] = Neutral.GENERATE,
-    token: Annotated[Token, typer.Option(help="last or mean (over the answer).")] = Token.LAST,
+    token: TokenOpt = Token.LAST,
+    token_seed: TokenSeedOpt = 0,
     layer_path: Annotated[
         str | None,
         typer.Option(help="Module path of the decoder layers, if not found automatically."),
@@ -47,6 +51,7 @@ def capture(
     system_prompt: SystemPromptOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """Capture the demonstrations' neutral, positive and negative activations into a
     safetensors file (for sea inspect --activations)."""
@@ -58,11 +63,16 @@ def capture(
     with failing_on(DemoFormatError):
         records = read_demos(demos)
     options = sea_options(
-        layers=layers, site=site, neutral=neutral, token=token, layer_path=layer_path
+        layers=layers,
+        site=site,
+        neutral=neutral,
+        token=token,
+        token_seed=token_seed,
+        layer_path=layer_path,
     )
     check_prompt_options(chat_template, system_prompt)
     check_writable(out)
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(ValueError, LookupError):
         activations, info = capture_activations(

@@ -33,6 +33,7 @@ from . import (
     export,
     fit,
     generate,
+    joint,
     lm_eval,
     push,
     sweep,
@@ -136,6 +137,7 @@ app.command()(compare.compare)
 app.command()(compare.demo)
 app.command()(tune.tune)
 app.command()(sweep.sweep)
+app.command("joint-study")(joint.joint_study)
 app.command()(analysis.capture)
 app.command()(analysis.inspect)
 app.command()(push.push)

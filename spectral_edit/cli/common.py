@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ..core.options import SeaOptions, check_alpha
+from ..core.options import SeaOptions, Token, check_alpha
 from ..hf.model_names import DEFAULT_MODEL
 
 console = Console()
@@ -124,6 +124,13 @@ LimitOpt = Annotated[
     count_option(f"Use only the first N items (default, or {ALL!r}: all).", or_all=True),
 ]
 BatchOpt = Annotated[int, count_option("Sequences per forward pass.", "--batch-size")]
+TokenOpt = Annotated[
+    Token,
+    typer.Option(help="last, mean (over the answer) or random (one seeded answer token)."),
+]
+TokenSeedOpt = Annotated[
+    int, count_option("Seed of the answer token --token random reads.", least=0)
+]
 OutFolderOpt = Annotated[Path, typer.Option(help="Output folder.")]
 ChatTemplateOpt = Annotated[
     bool,
@@ -243,6 +250,36 @@ def load(
     errors = (ModelLoadError, MissingExtraError, OSError, ValueError)
     with failing_on(*errors), console.status(f"loading {model} …"):
         return load_model(model, dtype=dtype, device_map=parsed, offload_folder=offload_folder)
+
+
+def companion_offload_folder(offload_folder: Path | None, name: str = "amateur") -> Path | None:
+    """Where a second model a command loads (CD's amateur) keeps its disk-offloaded
+    weights: the subfolder ``name`` of ``--offload-folder``, so that two models never
+    share (and overwrite) offloaded weight files; ``None`` without ``--offload-folder``."""
+    return None if offload_folder is None else offload_folder / name
+
+
+def method_registry(
+    names: Sequence[str],
+    lm: Any,
+    tokenizer: Any,
+    amateur: str | None,
+    dtype: str | None,
+    device_map: str | None,
+    offload_folder: Path | None,
+) -> Any:
+    """The methods registry of ``sea compare``/``sea tune``: with CD's ``--amateur``
+    loaded (its offloaded weights apart: :func:`companion_offload_folder`) when ``cd`` is
+    among ``names``, else the built-in one."""
+    from ..experiments.methods import METHODS, with_amateur
+
+    if amateur is None or "cd" not in names:
+        return METHODS
+    amateur_lm, amateur_tokenizer = load(
+        amateur, dtype, device_map, companion_offload_folder(offload_folder)
+    )
+    with failing_on(ValueError):
+        return with_amateur(METHODS, lm, tokenizer, amateur_lm, amateur_tokenizer, amateur)
 
 
 def editor_sources(source: EditorSources) -> list[str | Path]:

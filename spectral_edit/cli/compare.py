@@ -19,6 +19,7 @@ from .common import (
     DtypeOpt,
     LimitOpt,
     ModelOpt,
+    OffloadFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
     console,
@@ -28,6 +29,7 @@ from .common import (
     err,
     failing_on,
     load,
+    method_registry,
     prompt_format,
     sea_options,
     too_long,
@@ -97,6 +99,7 @@ def compare(
     data_dir: DataDirOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
     chat_template: ChatTemplateOpt = False,
     system_prompt: SystemPromptOpt = None,
     amateur: AmateurOpt = None,
@@ -108,7 +111,7 @@ def compare(
     from ..experiments.compare import run_compare
     from ..experiments.compare_results import CompareOptions
     from ..experiments.demo_job import load_truthfulness_demos
-    from ..experiments.methods import METHODS, parse_methods, with_amateur, without_amateur
+    from ..experiments.methods import parse_methods, without_amateur
 
     tasks = control_task_names(control_tasks)
     check_prompt_options(chat_template, system_prompt)
@@ -132,12 +135,8 @@ def compare(
             harm_texts=harm_texts,
             harm_gen_tokens=harm_gen_tokens,
         )
-    lm, tokenizer = load(model, dtype, device_map)
-    registry = METHODS
-    if amateur is not None and "cd" in names:
-        amateur_lm, amateur_tokenizer = load(amateur, dtype, device_map)
-        with failing_on(ValueError):
-            registry = with_amateur(METHODS, lm, tokenizer, amateur_lm, amateur_tokenizer, amateur)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
+    registry = method_registry(names, lm, tokenizer, amateur, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(*data_errors()):  # HaluEval demonstrations are built in the format
         if given is None:
@@ -182,6 +181,7 @@ def demo(
     data_dir: DataDirOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
     chat_template: ChatTemplateOpt = False,
     system_prompt: SystemPromptOpt = None,
 ) -> None:
@@ -189,8 +189,11 @@ def demo(
     from ..demos.prompts import ChatTemplateError
     from ..experiments.demo_job import truthfulness_demo
     from ..hf.model_names import ModelLoadError
+    from ..hf.models import parse_device_map
 
     check_prompt_options(chat_template, system_prompt)
+    with failing_on(ValueError):
+        parsed_map = parse_device_map(device_map)
 
     options = sea_options(
         layers=layers, pos_ratio=pos_ratio, neg_ratio=neg_ratio, centered=centered, neutral=neutral
@@ -206,10 +209,11 @@ def demo(
             limit=limit,
             batch_size=batch_size,
             dtype=dtype,
-            device_map=device_map,
+            device_map=parsed_map,
             echo=console.print,
             chat_template=chat_template,
             system_prompt=system_prompt,
+            offload_folder=offload_folder,
         )
     for table in report.tables():
         print_table(*table)

@@ -14,6 +14,7 @@ from .common import (
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    OffloadFolderOpt,
     console,
     fail,
     failing_on,
@@ -43,6 +44,7 @@ def export(
     ] = 1e-4,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
 ) -> None:
     """Fold an editor into the model's weights and write a standard Hugging Face model
     folder (loadable by AutoModelForCausalLM, vLLM, TGI); an editor that cannot be folded
@@ -57,7 +59,7 @@ def export(
     check_writable(out, folder=True)  # an unwritable --out is refused before the model loads
     if not tolerance > 0:
         raise fail(f"--tolerance must be > 0, got {tolerance}")
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     loaded = load_editor(editor, lm, alpha)
     reference = hub_reference(editor, None, None)
     source = path_identity(editor) if reference is None else str(reference)

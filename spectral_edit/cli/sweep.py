@@ -17,6 +17,7 @@ from .common import (
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    OffloadFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
     console,
@@ -66,6 +67,7 @@ def sweep(
     data_dir: DataDirOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
     chat_template: ChatTemplateOpt = False,
     system_prompt: SystemPromptOpt = None,
 ) -> None:
@@ -93,7 +95,7 @@ def sweep(
         )
         folds = truthfulqa_folds(mc_file, data_dir, per_fold=per_fold)
         pool = read_demos(demos) if demos is not None else None
-    lm, tokenizer = load(model, dtype, device_map)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(*data_errors()):
         if pool is None:

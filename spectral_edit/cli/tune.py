@@ -18,6 +18,7 @@ from .common import (
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    OffloadFolderOpt,
     SystemPromptOpt,
     check_prompt_options,
     console,
@@ -27,6 +28,7 @@ from .common import (
     err,
     failing_on,
     load,
+    method_registry,
     prompt_format,
 )
 from .compare import AmateurOpt, JobNeutral
@@ -100,6 +102,7 @@ def tune(
     data_dir: DataDirOpt = None,
     dtype: DtypeOpt = None,
     device_map: DeviceMapOpt = None,
+    offload_folder: OffloadFolderOpt = None,
     chat_template: ChatTemplateOpt = False,
     system_prompt: SystemPromptOpt = None,
     amateur: AmateurOpt = None,
@@ -108,7 +111,7 @@ def tune(
     part, report it held out: report.md, report.json and pareto.png."""
     from ..demos.format import DemoFormatError
     from ..experiments.calibrate import Budget
-    from ..experiments.methods import METHODS, parse_methods, with_amateur, without_amateur
+    from ..experiments.methods import parse_methods, without_amateur
     from ..experiments.tune import TUNE_CONFIGS, load_kl_texts, parse_alpha_ranges, run_tune
     from ..experiments.tune_results import TuneOptions
     from ..experiments.tune_targets import load_tune_data
@@ -135,12 +138,8 @@ def tune(
             seed=seed,
         )
         texts = load_kl_texts(2 * kl_texts, data_dir)
-    lm, tokenizer = load(model, dtype, device_map)
-    registry = METHODS
-    if amateur is not None and "cd" in names:
-        amateur_lm, amateur_tokenizer = load(amateur, dtype, device_map)
-        with failing_on(ValueError):
-            registry = with_amateur(METHODS, lm, tokenizer, amateur_lm, amateur_tokenizer, amateur)
+    lm, tokenizer = load(model, dtype, device_map, offload_folder)
+    registry = method_registry(names, lm, tokenizer, amateur, dtype, device_map, offload_folder)
     prompts = prompt_format(tokenizer, model, chat_template, system_prompt)
     with failing_on(*data_errors(), DemoFormatError):  # demonstrations built in the format
         data = load_tune_data(

@@ -88,20 +88,31 @@ def all_reduce_sum(tensor: torch.Tensor) -> None:
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's ``tensor`` ``(n_r, ...)`` concatenated along rows in rank order (the
     row counts may differ; trailing shapes must agree). One process: ``tensor``."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return tensor
+    padded, counts = _padded_rows(tensor)
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return _unpadded(parts, counts, tensor.device)
+
+
+def _padded_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """This rank's rows zero-padded to the most rows any rank has (on the communication
+    device), and every rank's row count (a collective: every rank calls it)."""
+    rank, size = world()
     device = _comm_device(tensor)
     counts = torch.zeros(size, dtype=torch.long, device=device)
     counts[rank] = tensor.shape[0]
     dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    widest = int(counts.max())
-    padded = torch.zeros((widest, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    padded = torch.zeros((int(counts.max()), *tensor.shape[1:]), dtype=tensor.dtype, device=device)
     padded[: tensor.shape[0]] = tensor.to(device)
-    parts = [torch.empty_like(padded) for _ in range(size)]
-    dist.all_gather(parts, padded)
-    rows = [part[: int(n)] for part, n in zip(parts, counts.tolist(), strict=True)]
-    return torch.cat(rows).to(tensor.device)
+    return padded, [int(n) for n in counts.tolist()]
+
+
+def _unpadded(parts: list[torch.Tensor], counts: list[int], device: torch.device) -> torch.Tensor:
+    """The gathered ``parts`` without their padding rows, concatenated, on ``device``."""
+    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]).to(device)
 
 
 def reduce_sum_to(tensor: torch.Tensor, owner: int) -> None:
@@ -125,18 +136,10 @@ def gather_rows_to(tensor: torch.Tensor, owner: int) -> torch.Tensor | None:
     rank, size = world()
     if size == 1:
         return tensor
-    device = _comm_device(tensor)
-    counts = torch.zeros(size, dtype=torch.long, device=device)
-    counts[rank] = tensor.shape[0]
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    padded = torch.zeros((int(counts.max()), *tensor.shape[1:]), dtype=tensor.dtype, device=device)
-    padded[: tensor.shape[0]] = tensor.to(device)
+    padded, counts = _padded_rows(tensor)
     parts = [torch.empty_like(padded) for _ in range(size)] if rank == owner else None
     dist.gather(padded, parts, dst=owner)
-    if parts is None:
-        return None
-    rows = [part[: int(n)] for part, n in zip(parts, counts.tolist(), strict=True)]
-    return torch.cat(rows).to(tensor.device)
+    return None if parts is None else _unpadded(parts, counts, tensor.device)
 
 
 def all_gather_objects(value: T) -> list[T]:

@@ -94,10 +94,13 @@ class Neutral(Choice):
 
 
 class Token(Choice):
-    """Which activation of an answer is used: its last token or the mean over its tokens."""
+    """Which activation of an answer is used: its last token, the mean over its tokens, or
+    one of its tokens drawn at random (seeded: the same text and seed always give the
+    same token, whatever the batch or the order)."""
 
     LAST = "last"
     MEAN = "mean"
+    RANDOM = "random"
 
 
 class SvdRoute(Choice):
@@ -183,10 +186,11 @@ class SeaOptions:
     """Every option of a SEA (or Φ-SEA) fit from a model, in one frozen value.
 
     Capture: ``layers`` (``"last-L"``, ``"all"``, ``"10,11"`` or indices), ``site``,
-    ``neutral``, ``token``, ``layer_path`` (module path of the decoder layers, when they
-    are not found automatically). Fit: energy ratios ``pos_ratio``/``neg_ratio`` in
-    ``(0, 1]`` unless ``pos_rank``/``neg_rank`` fix ``k±``; ``centered``; ``feature`` with
-    optional per-layer ``feature_scales`` (default: each layer's neutral RMS); ``svd``.
+    ``neutral``, ``token`` (with ``token_seed``, used by ``random``), ``layer_path``
+    (module path of the decoder layers, when they are not found automatically). Fit:
+    energy ratios ``pos_ratio``/``neg_ratio`` in ``(0, 1]`` unless ``pos_rank``/``neg_rank``
+    fix ``k±``; ``centered``; ``feature`` with optional per-layer ``feature_scales``
+    (default: each layer's neutral RMS); ``svd``.
     Edit: ``merge``, strength ``alpha`` (0 = no edit; finite, ``|α| <= MAX_ALPHA``),
     ``center_edit`` (project ``h − μ`` and add ``μ`` back, μ the fit-time neutral mean)
     and ``positions``.
@@ -196,6 +200,7 @@ class SeaOptions:
     site: Site = Site.RESIDUAL
     neutral: Neutral = Neutral.GENERATE
     token: Token = Token.LAST
+    token_seed: int = 0
     pos_ratio: float = 0.99
     neg_ratio: float = 0.99
     pos_rank: int | None = None
@@ -217,6 +222,7 @@ class SeaOptions:
         set_(self, "site", Site.parse(self.site, "site"))
         set_(self, "neutral", Neutral.parse(self.neutral, "neutral"))
         set_(self, "token", Token.parse(self.token, "token"))
+        set_(self, "token_seed", check_count("token_seed", self.token_seed, least=0))
         set_(self, "feature", Feature.parse(self.feature, "feature"))
         set_(self, "merge", Merge.parse(self.merge, "merge"))
         set_(self, "svd", SvdRoute.parse(self.svd, "svd"))

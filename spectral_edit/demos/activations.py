@@ -95,6 +95,7 @@ def capture_demos(
     neutral: Neutral | str = Neutral.GENERATE,
     site: Site | str = Site.RESIDUAL,
     token: Token | str = Token.LAST,
+    token_seed: int = 0,
     batch_size: int = 8,
     layer_path: str | None = None,
     progress: bool = False,
@@ -102,7 +103,8 @@ def capture_demos(
 ) -> DemoActivations:
     """Neutral, positive and negative activations of the demonstrations at ``site`` of
     ``layers``, at the answer's last token or averaged over it (``token``), with prompts
-    and answers in ``prompt_format`` (module docstring).
+    and answers in ``prompt_format`` (module docstring); ``token="random"`` reads one
+    answer token drawn from ``token_seed``.
 
     Raises:
         ValueError: an unknown ``neutral``, ``site`` or ``token`` (checked before any
@@ -133,6 +135,7 @@ def capture_demos(
         layers=layers,
         site=site,
         token=token,
+        token_seed=token_seed,
         batch_size=batch_size,
         layer_path=layer_path,
         progress="activations" if progress else False,

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from ..hf.devices import onloaded
 from ..hf.layers import text_config
 from ..hf.model_names import NAME_ATTR, REVISION_ATTR, TRANSFORMERS_LOCK
 from ..hf.tokens import input_device
@@ -107,7 +108,10 @@ def export_model(
     source: str | Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Fold ``editor`` into ``model``'s weights and write the model folder ``out``
-    (atomically; ``model`` itself is not changed). The weights keep the model's dtype.
+    (atomically; ``model`` itself is not changed). The weights keep the model's dtype. A
+    model dispatched by accelerate with offloaded weights (``device_map`` with ``"cpu"`` or
+    ``"disk"``) is exported too: its weights are brought into CPU memory while the folder
+    is written (:func:`~spectral_edit.hf.devices.onloaded`), so they must fit there.
 
     ``check``: before the folder is moved into place, load it with plain
     ``AutoModelForCausalLM`` and compare its logits with the hooked model's on every
@@ -130,9 +134,11 @@ def export_model(
     check_writable(target, folder=True)
     if check and not prompts:
         raise ValueError("the export check needs at least one prompt")
-    plan = plan_export(model, editor)
+    with onloaded(model):  # a model offloaded by accelerate: its weights read for real
+        plan = plan_export(model, editor)
     with atomic_directory(target) as folder:
-        _write_model(model, tokenizer, plan, folder)
+        with onloaded(model):  # out again for the check: the hooked model runs as it is
+            _write_model(model, tokenizer, plan, folder)
         worst = _check(model, tokenizer, editor, folder, prompts) if check else None
         if worst is not None and not worst <= tolerance:
             raise ExportCheckFailed(

@@ -273,7 +273,8 @@ def measure_readout_kl(
     companion = readout.companion
     other_base, _ = decoder_and_head(companion.model)
     _, head = decoder_and_head(model)
-    weight = next(head.parameters())
+    weight = next(head.parameters())  # its dtype; on meta where accelerate offloads it
+    device = execution_device(head)
     size = reference.batch_size if batch_size is None else batch_size
     per_text: list[torch.Tensor | None] = [None] * len(reference.texts)
     bar = progress_bar(len(reference.texts), progress, "KL", "text")
@@ -281,10 +282,10 @@ def measure_readout_kl(
         with companion.active():
             states, mask = _final_hidden(other_base, [reference.token_ids[i] for i in rows])
         other = states[mask.to(states.device).bool()]
-        own = torch.cat([reference.hidden[i] for i in rows]).to(weight.device, weight.dtype)
+        own = torch.cat([reference.hidden[i] for i in rows]).to(device, weight.dtype)
         kl = torch.zeros(own.shape[0], dtype=torch.float64)
         for chunk in torch.arange(own.shape[0]).split(KL_CHUNK):
-            index = chunk.to(weight.device)
+            index = chunk.to(device)
             log_p = readout.log_distribution(
                 model, own.index_select(0, index), other.index_select(0, index.to(other.device))
             )

@@ -116,15 +116,20 @@ def truthfulness_demo(
     seed: int = 44,
     batch_size: int = 8,
     dtype: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
     echo: Echo = print,
     chat_template: bool = False,
     system_prompt: str | None = None,
+    offload_folder: str | Path | None = None,
 ) -> DemoReport:
     """The main job; results go to ``out_dir`` (report.md, report.json, per-question files).
 
     ``chat_template``: build the demonstrations, fit and evaluate through the model's chat
     template (with ``system_prompt``), recorded in the editor and in every stage's key.
+
+    ``dtype``, ``device_map``, ``offload_folder``: how the model loads
+    (:func:`~spectral_edit.hf.models.load_model`; a ``device_map`` dispatches it with
+    accelerate, ``"disk"`` entries needing ``offload_folder``).
 
     ``options``: the SEA fit. Stages (each resumable): demonstrations, editor fit,
     unedited and edited evaluation. ``echo`` gets the progress messages; the returned
@@ -159,6 +164,7 @@ def truthfulness_demo(
             echo,
             chat_template,
             system_prompt,
+            offload_folder,
         )
 
 
@@ -173,10 +179,11 @@ def _truthfulness_demo(
     seed: int,
     batch_size: int,
     dtype: str | None,
-    device_map: str | None,
+    device_map: str | dict | None,
     echo: Echo,
     chat_template: bool,
     system_prompt: str | None,
+    offload_folder: str | Path | None = None,
 ) -> DemoReport:
     """:func:`truthfulness_demo`'s stages, in the folder ``store`` holds."""
     from ..hf.models import load_model
@@ -184,7 +191,9 @@ def _truthfulness_demo(
 
     out = Path(store.folder)
     started = time.perf_counter()
-    model, tokenizer = load_model(model_name, dtype=dtype, device_map=device_map)
+    model, tokenizer = load_model(
+        model_name, dtype=dtype, device_map=device_map, offload_folder=offload_folder
+    )
     load_seconds = time.perf_counter() - started
     echo(f"model {model_name} loaded in {load_seconds:.1f} s")
     capture_layers(options.layers, len(find_decoder_layers(model, options.layer_path)))

@@ -69,7 +69,7 @@ layers (centred, as the project's bias grid found the uncentred fits rank 1)."""
 
 SETTINGS = ("none", "truthfulness", "bias", "composed", "joint")
 """The rows of the study, in report order."""
-CAPTURE_FIELDS = ("neutral", "site", "token", "layer_path")
+CAPTURE_FIELDS = ("neutral", "site", "token", "token_seed", "layer_path")
 """Options the three fits must share: the demonstrations are captured once."""
 
 
@@ -188,6 +188,7 @@ def _run(
                 neutral=capture.neutral,
                 site=capture.site,
                 token=capture.token,
+                token_seed=capture.token_seed,
                 batch_size=options.batch_size,
                 layer_path=capture.layer_path,
                 progress=progress,

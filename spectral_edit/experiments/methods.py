@@ -224,8 +224,10 @@ def _iti(state: ITIEditor, setting: ITISetting, ctx: FitContext) -> Intervention
     return Intervention(state.with_options(top_k=setting.top_k, alpha=setting.alpha))
 
 
-def _prepare_lora(ctx: FitContext) -> LoRAEditor:
-    return LoRAEditor.train(
+def _budgeted(train: Callable[..., LoRAEditor], ctx: FitContext) -> LoRAEditor:
+    """``train`` (the LoRA trainer, or ICD's on the negative answers) on the context's
+    demonstrations with the one LoRA budget."""
+    return train(
         ctx.model,
         ctx.tokenizer,
         ctx.demos,
@@ -235,6 +237,10 @@ def _prepare_lora(ctx: FitContext) -> LoRAEditor:
         progress=ctx.progress,
         prompt_format=ctx.prompt_format,
     )
+
+
+def _prepare_lora(ctx: FitContext) -> LoRAEditor:
+    return _budgeted(LoRAEditor.train, ctx)
 
 
 def _lora(state: LoRAEditor, setting: LoRASetting, ctx: FitContext) -> Intervention:
@@ -251,16 +257,7 @@ def _dola(state: None, setting: DoLaSetting, ctx: FitContext) -> Intervention:
 
 
 def _prepare_icd(ctx: FitContext) -> LoRAEditor:
-    return train_induced(
-        ctx.model,
-        ctx.tokenizer,
-        ctx.demos,
-        **LORA_BUDGET,
-        seed=ctx.seed,
-        layer_path=ctx.layer_path,
-        progress=ctx.progress,
-        prompt_format=ctx.prompt_format,
-    )
+    return _budgeted(train_induced, ctx)
 
 
 def _icd(state: LoRAEditor, setting: ContrastSetting, ctx: FitContext) -> Intervention:

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..core.distributed import share, world
 from ..core.features import get_feature_map
-from ..core.options import SeaOptions
+from ..core.options import SeaOptions, Token
 from ..core.statistics import check_feature_scales, check_ranks
 from ..demos.activations import DemoActivations, capture_demos
 from ..demos.format import Demonstration
@@ -224,6 +224,7 @@ def capture_activations(
         neutral=options.neutral,
         site=options.site,
         token=options.token,
+        token_seed=options.token_seed,
         batch_size=batch_size,
         layer_path=options.layer_path,
         progress=progress,
@@ -233,6 +234,7 @@ def capture_activations(
         **model_metadata(model),
         "neutral": str(options.neutral),
         "token": str(options.token),
+        **({"token_seed": options.token_seed} if options.token == Token.RANDOM else {}),
         "site": str(options.site),
         **prompt_format.record(),
         "capture_seconds": round(time.perf_counter() - started, 3),

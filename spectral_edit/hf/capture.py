@@ -12,6 +12,7 @@ their KV cache (:mod:`~spectral_edit.hf.prefix`), right-padded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
@@ -24,8 +25,21 @@ from ..util.progress import progress_bar
 from .heads import decoder_and_head
 from .hooks import HookFn, HookSite, hooked
 from .layers import site_modules, text_config
-from .prefix import PrefixCache, forward_on_cache, shared_prefix_length, window_allows
-from .tokens import check_length, context_length, encode_pair, pad_batch, pad_id_of
+from .prefix import (
+    PrefixCache,
+    forward_on_cache,
+    select_cache_rows,
+    shared_prefix_length,
+    window_allows,
+)
+from .tokens import (
+    check_length,
+    context_length,
+    encode_pair,
+    input_device,
+    pad_batch,
+    pad_id_of,
+)
 
 CaptureOn = Literal["input", "output"]
 """Where :func:`capture_modules` reads a module: its first input or its output."""
@@ -45,6 +59,7 @@ def capture(
     layers: Sequence[int],
     site: Site | str = Site.RESIDUAL,
     token: Token | str = Token.LAST,
+    token_seed: int = 0,
     batch_size: int = 8,
     padding_side: str = "right",
     layer_path: str | None = None,
@@ -59,8 +74,10 @@ def capture(
         site: a :class:`~spectral_edit.core.options.Site` or its string: ``"residual"``
             (decoder layer output) or ``"mlp"`` (MLP block output).
         token: a :class:`~spectral_edit.core.options.Token` or its string: ``"last"`` = the
-            last token of each text; ``"mean"`` = the mean over the continuation's tokens
-            (the last token when a continuation is empty).
+            last token of each text; ``"mean"`` = the mean over the continuation's tokens;
+            ``"random"`` = one of the continuation's tokens, drawn from ``token_seed`` and
+            the text's ids (:func:`random_answer_position`); both the last token when a
+            continuation is empty.
         padding_side: how batches are padded; results do not depend on it.
         progress: show a progress bar (a string is used as its label).
 
@@ -82,6 +99,7 @@ def capture(
         keys=layers,
         on="output",
         token=token,
+        token_seed=token_seed,
         batch_size=batch_size,
         padding_side=padding_side,
         layer_path=layer_path,
@@ -99,6 +117,7 @@ def capture_modules(
     modules: Mapping[int, nn.Module],
     on: CaptureOn = "input",
     token: Token | str = Token.LAST,
+    token_seed: int = 0,
     batch_size: int = 8,
     padding_side: str = "right",
     layer_path: str | None = None,
@@ -132,6 +151,7 @@ def capture_modules(
         keys=list(modules),
         on=on,
         token=token,
+        token_seed=token_seed,
         batch_size=batch_size,
         padding_side=padding_side,
         layer_path=layer_path,
@@ -149,6 +169,7 @@ def _capture(
     keys: Sequence[int],
     on: HookSite,
     token: Token,
+    token_seed: int,
     batch_size: int,
     padding_side: str,
     layer_path: str | None,
@@ -161,7 +182,7 @@ def _capture(
     sequences = [ctx + cont for ctx, cont in encoded]
     check_count("batch_size", batch_size)
     check_length(model, max(map(len, sequences), default=0))  # before any forward pass
-    spans = _spans(encoded, token)
+    spans = _spans(encoded, token, token_seed)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', not {padding_side!r}")
     # the tokens every sequence shares before its first read position run once
@@ -201,6 +222,7 @@ def capture_kinds(
     layers: Sequence[int],
     site: Site | str = Site.RESIDUAL,
     token: Token | str = Token.LAST,
+    token_seed: int = 0,
     batch_size: int = 8,
     layer_path: str | None = None,
     progress: bool | str = False,
@@ -211,8 +233,9 @@ def capture_kinds(
     ``continuations`` maps a kind to N continuations (one per context). The tokens that
     all sequences share run once from a KV cache (as in :func:`capture`); then, per
     batch of ``batch_size`` contexts, the tokens each context's K sequences share before
-    their first read position run once, and the K continuations go on from copies of
-    that cache (inner padding, positions over real tokens). Where that would change a
+    their first read position run once, and the batch's K·B continuations go on from
+    copies of their rows of that cache, shortest first in chunks of ``batch_size``
+    (inner padding, positions over real tokens). Where that would change a
     result (a sliding window shorter than a sequence's slots) or save nothing (a single
     kind, or a context none of whose tokens its kinds share past the common prefix),
     each kind is captured on its own. Either way every activation equals
@@ -234,7 +257,7 @@ def capture_kinds(
         for kind in kinds
     }
     sequences = {kind: [ctx + cont for ctx, cont in encoded[kind]] for kind in kinds}
-    spans = {kind: _spans(encoded[kind], token) for kind in kinds}
+    spans = {kind: _spans(encoded[kind], token, token_seed) for kind in kinds}
     flat = [seq for kind in kinds for seq in sequences[kind]]
     check_length(model, max(map(len, flat), default=0))  # before any forward pass
     shared = shared_prefix_length(flat, [start for kind in kinds for start, _ in spans[kind]])
@@ -261,6 +284,7 @@ def capture_kinds(
                 keys=layers,
                 on="output",
                 token=token,
+                token_seed=token_seed,
                 batch_size=batch_size,
                 padding_side="right",
                 layer_path=layer_path,
@@ -285,27 +309,37 @@ def capture_kinds(
             past = DynamicCache(config=text_config(model.config))
         reader.run_until_deepest(ids, mask, past, len(prefix))  # fills ``past`` in place
         seen = torch.cat([torch.ones(len(rows), len(prefix), dtype=mask.dtype), mask], dim=1)
-        past.batch_repeat_interleave(len(kinds))  # type: ignore[attr-defined]
-        pairs = [(kind, i) for i in rows for kind in kinds]  # the order of repeat_interleave
-        rests = [sequences[kind][i][groups[i] :] for kind, i in pairs]
-        ids, mask, _ = pad_batch(rests, pad, "right")
-        read = [(spans[kind][i][0] - groups[i], spans[kind][i][1] - groups[i]) for kind, i in pairs]
-        batch = reader.read(
-            ids,
-            mask,
-            past,
-            seen.shape[1],
-            read,
-            [0] * len(pairs),
-            past_mask=seen.repeat_interleave(len(kinds), dim=0),
+        # the batch's K·B continuations, shortest first, in chunks of ``batch_size`` rows
+        # that each go on from a copy of their contexts' cache rows: little padding
+        pairs = sorted(
+            ((kind, j, i) for j, i in enumerate(rows) for kind in kinds),
+            key=lambda pair: len(sequences[pair[0]][pair[2]]) - groups[pair[2]],
         )
-        for kind_index, kind in enumerate(kinds):
-            if kind not in result:
-                result[kind] = torch.empty((len(contexts), len(layers), batch.shape[-1]))
-            result[kind][rows] = batch[kind_index :: len(kinds)]
+        for at in range(0, len(pairs), batch_size):
+            chunk = pairs[at : at + batch_size]
+            index = torch.tensor([j for _, j, _ in chunk])
+            rests = [sequences[kind][i][groups[i] :] for kind, _, i in chunk]
+            ids, mask, _ = pad_batch(rests, pad, "right")
+            read = [
+                (spans[kind][i][0] - groups[i], spans[kind][i][1] - groups[i])
+                for kind, _, i in chunk
+            ]
+            batch = reader.read(
+                ids,
+                mask,
+                select_cache_rows(past, index.to(input_device(reader.base))),
+                seen.shape[1],
+                read,
+                [0] * len(chunk),
+                past_mask=seen[index],
+            )
+            for (kind, _, i), activation in zip(chunk, batch, strict=True):
+                if kind not in result:
+                    result[kind] = torch.empty((len(contexts), len(layers), batch.shape[-1]))
+                result[kind][i] = activation
         bar.update(len(rows))
     bar.close()
-    return result
+    return {kind: result[kind] for kind in kinds}
 
 
 class _Reader:
@@ -378,15 +412,33 @@ class _Reader:
         return torch.stack([recorded[key] for key in self.keys], dim=1)
 
 
-def _spans(encoded: Sequence[tuple[list[int], list[int]]], token: Token) -> list[tuple[int, int]]:
+def _spans(
+    encoded: Sequence[tuple[list[int], list[int]]], token: Token, seed: int
+) -> list[tuple[int, int]]:
     """Per (context ids, continuation ids): the positions read, ``(start, end)``: the
-    continuation's tokens for ``mean`` (non-empty continuations), else the last token
-    twice."""
-    mean = token == Token.MEAN
-    return [
-        (len(ctx), len(ctx) + len(cont)) if mean and cont else (len(ctx + cont) - 1,) * 2
-        for ctx, cont in encoded
-    ]
+    continuation's tokens for ``mean``, one drawn token twice for ``random`` (non-empty
+    continuations), else the last token twice."""
+    spans = []
+    for ctx, cont in encoded:
+        if cont and token == Token.MEAN:
+            spans.append((len(ctx), len(ctx) + len(cont)))
+        elif cont and token == Token.RANDOM:
+            at = len(ctx) + random_answer_position(ctx, cont, seed)
+            spans.append((at, at))
+        else:
+            spans.append((len(ctx + cont) - 1,) * 2)
+    return spans
+
+
+def random_answer_position(context: Sequence[int], continuation: Sequence[int], seed: int) -> int:
+    """The index in ``continuation`` (non-empty) that ``token="random"`` reads: uniform
+    over its tokens, a function of ``seed`` and the ids alone (a BLAKE2 hash), so the
+    same text gives the same token in any batch, order, process or capture route."""
+    if not continuation:
+        raise ValueError("a random answer token needs a non-empty continuation")
+    data = ",".join(map(str, [seed, len(context), *context, *continuation])).encode()
+    digest = hashlib.blake2b(data, digest_size=8).digest()
+    return int.from_bytes(digest, "little") % len(continuation)
 
 
 def _common_length(sequences: Sequence[Sequence[int]], limit: int) -> int:

@@ -8,17 +8,20 @@ reads that device, so that tensors the library feeds a module directly (input id
 embeddings, final hidden states to the LM head) go where the module runs; the hooks of
 :mod:`~spectral_edit.hf.hooks` need nothing of it, since they see each layer's tensors
 on its execution device and the editors place their factors on the device of the tensor
-they edit.
+they edit. :func:`onloaded` brings offloaded weights into memory for the one job that
+reads every weight rather than running the model (export).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["execution_device"]
+__all__ = ["execution_device", "offload_hooks", "onloaded"]
 
 
 def _hook_device(hook: object) -> torch.device | None:
@@ -47,3 +50,56 @@ def execution_device(module: nn.Module) -> torch.device:
         if tensor.device.type != "meta":
             return tensor.device
     return torch.device("cpu")
+
+
+def _offload_hook(hook: object) -> object | None:
+    """The accelerate ``AlignDevicesHook`` with ``offload`` set in ``hook`` (itself, or one
+    of a ``SequentialHook``'s hooks), if any."""
+    if hook is None:
+        return None
+    for inner in getattr(hook, "hooks", ()) or ():
+        found = _offload_hook(inner)
+        if found is not None:
+            return found
+    has_weights = getattr(hook, "weights_map", None) is not None
+    return hook if getattr(hook, "offload", False) and has_weights else None
+
+
+def offload_hooks(model: nn.Module) -> list[tuple[nn.Module, object]]:
+    """``(module, hook)`` for every module of ``model`` whose weights accelerate offloads
+    (CPU or disk; on ``meta`` between forward passes), in ``modules()`` order; empty for
+    a model in memory or dispatched without offload."""
+    found = []
+    for module in model.modules():
+        hook = _offload_hook(getattr(module, "_hf_hook", None))
+        if hook is not None:
+            found.append((module, hook))
+    return found
+
+
+@contextlib.contextmanager
+def onloaded(model: nn.Module, device: torch.device | str = "cpu") -> Iterator[nn.Module]:
+    """``model`` with every offloaded weight loaded onto ``device`` inside the block (what
+    accelerate's hook does for one module's forward pass, for all of them at once), and
+    offloaded again after it: ``model.state_dict()`` and every weight read inside hold real
+    values. Needs the whole model's weights in ``device``'s memory; a model without
+    offloaded weights is yielded as it is."""
+    target = torch.device(device)
+    hooks = offload_hooks(model)
+    done: list[tuple[nn.Module, object, object]] = []
+    try:
+        for module, hook in hooks:
+            before = getattr(hook, "execution_device", None)
+            hook.execution_device = target  # type: ignore[attr-defined]
+            done.append((module, hook, before))
+            hook.pre_forward(module)  # type: ignore[attr-defined]
+            # a forward pass inside the block (a probe) must not offload the weights again
+            hook.offload = False  # type: ignore[attr-defined]
+        yield model
+    finally:
+        for module, hook, before in reversed(done):
+            hook.offload = True  # type: ignore[attr-defined]
+            try:
+                hook.post_forward(module, None)  # type: ignore[attr-defined]
+            finally:
+                hook.execution_device = before  # type: ignore[attr-defined]

@@ -84,6 +84,14 @@ def expand_cache(cache: object, rows: int) -> object:
     return cache
 
 
+def select_cache_rows(cache: object, rows: torch.Tensor) -> object:
+    """A copy of ``cache`` holding its rows ``rows`` (1-D indices, repeats allowed, in
+    that order); the original is unchanged."""
+    cache = copy.deepcopy(cache)
+    cache.batch_select_indices(rows)  # type: ignore[attr-defined]
+    return cache
+
+
 def forward_on_cache(
     base: nn.Module,
     ids: torch.Tensor,
