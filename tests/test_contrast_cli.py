@@ -6,7 +6,6 @@ anything is written."""
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,11 @@ from spectral_edit.experiments.methods import CONTRAST_GRID
 from spectral_edit.experiments.settings import setting_id
 from spectral_edit.experiments.tune import TUNE_CONFIGS
 
+from .test_contrast import _fixture_data
 from .tiny_models import make_tiny_model, make_tiny_tokenizer, tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 DEMOS = [Demonstration(f"q: thing {i}\na:", f"yes it is {i}", f"no never {i}") for i in range(8)]
-TEXTS = [
-    "The river runs past the old mill and on into the valley below.",
-    "Bread needs flour, water, salt and a little yeast, then time.",
-    "Trains leave the north station every hour on weekdays.",
-    "The museum opens at nine in the morning and closes at five.",
-]
 
 
 def _save(folder: Path, model, tokenizer) -> Path:
@@ -46,15 +40,7 @@ def amateur_dir(tmp_path_factory):
 @pytest.fixture()
 def data_dir(tmp_path):
     """The fixtures plus hand-written HaluEval general records (sea tune's neutral texts)."""
-    folder = tmp_path / "data"
-    shutil.copytree(FIXTURES, folder)
-    records = [
-        {"ID": i, "user_query": f"Tell me {i}.", "chatgpt_response": t, "hallucination": "no"}
-        for i, t in enumerate(TEXTS)
-    ]
-    path = folder / "halueval" / "general_data.json"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return folder
+    return _fixture_data(tmp_path)
 
 
 def _compare_args(model: Path, demos: Path, out: Path, amateur: Path | None) -> list[str]:

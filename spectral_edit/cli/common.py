@@ -124,6 +124,7 @@ LimitOpt = Annotated[
     count_option(f"Use only the first N items (default, or {ALL!r}: all).", or_all=True),
 ]
 BatchOpt = Annotated[int, count_option("Sequences per forward pass.", "--batch-size")]
+McFileOpt = Annotated[str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")]
 TokenOpt = Annotated[
     Token,
     typer.Option(help="last, mean (over the answer) or random (one seeded answer token)."),

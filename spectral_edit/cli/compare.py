@@ -18,6 +18,7 @@ from .common import (
     DeviceMapOpt,
     DtypeOpt,
     LimitOpt,
+    McFileOpt,
     ModelOpt,
     OffloadFolderOpt,
     SystemPromptOpt,
@@ -68,9 +69,7 @@ def compare(
         bool,
         typer.Option(help="Also tune on fold 2 and report on fold 1 (twice the tuning cost)."),
     ] = False,
-    mc_file: Annotated[
-        str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
-    ] = "mc_task_v0.json",
+    mc_file: McFileOpt = "mc_task_v0.json",
     control_tasks: Annotated[str, typer.Option(help="Comma list of control tasks.")] = ",".join(
         DEFAULT_CONTROL_TASKS
     ),

@@ -19,6 +19,7 @@ from .common import (
     DtypeOpt,
     EditorOpt,
     LimitOpt,
+    McFileOpt,
     ModelOpt,
     OffloadFolderOpt,
     OutFolderOpt,
@@ -38,8 +39,6 @@ from .common import (
 from .tables import print_table
 
 app = typer.Typer(help="Evaluate a model, optionally under an editor.", no_args_is_help=True)
-
-McFileOpt = Annotated[str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")]
 
 
 @app.command("truthfulqa")

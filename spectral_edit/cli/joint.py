@@ -14,6 +14,7 @@ from .common import (
     BatchOpt,
     DataDirOpt,
     DtypeOpt,
+    McFileOpt,
     ModelOpt,
     console,
     count_option,
@@ -37,9 +38,7 @@ def joint_study(
         int | None,
         count_option("Held-out BBQ items scored (default 200, or 'all').", or_all=True),
     ] = 200,
-    mc_file: Annotated[
-        str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
-    ] = "mc_task_v0.json",
+    mc_file: McFileOpt = "mc_task_v0.json",
     seed: Annotated[int, typer.Option(help="Seed of the BBQ split and sample.")] = 0,
     truth_layers: Annotated[str, typer.Option(help="Layers of the truthfulness editor.")] = (
         "last-8"

@@ -16,6 +16,7 @@ from .common import (
     DataDirOpt,
     DeviceMapOpt,
     DtypeOpt,
+    McFileOpt,
     ModelOpt,
     OffloadFolderOpt,
     SystemPromptOpt,
@@ -55,9 +56,7 @@ def sweep(
     both_directions: Annotated[
         bool, typer.Option(help="Also tune on fold 2 and report on fold 1.")
     ] = False,
-    mc_file: Annotated[
-        str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
-    ] = "mc_task_v0.json",
+    mc_file: McFileOpt = "mc_task_v0.json",
     neutral: Annotated[
         JobNeutral, typer.Option(help="SEA neutral answers: generate or prompt.")
     ] = Neutral.GENERATE,

@@ -17,6 +17,7 @@ from .common import (
     DataDirOpt,
     DeviceMapOpt,
     DtypeOpt,
+    McFileOpt,
     ModelOpt,
     OffloadFolderOpt,
     SystemPromptOpt,
@@ -78,9 +79,7 @@ def tune(
     target: Annotated[
         Literal["truthfulqa", "bbq"], typer.Option(help="What to maximise.")
     ] = "truthfulqa",
-    mc_file: Annotated[
-        str, typer.Option(help="mc_task_v0.json (lm-eval) or mc_task.json.")
-    ] = "mc_task_v0.json",
+    mc_file: McFileOpt = "mc_task_v0.json",
     control_tasks: Annotated[str, typer.Option(help="Comma list of control tasks.")] = ",".join(
         DEFAULT_CONTROL_TASKS
     ),

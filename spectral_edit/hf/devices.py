@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,18 +24,25 @@ from torch import nn
 __all__ = ["execution_device", "offload_hooks", "onloaded"]
 
 
-def _hook_device(hook: object) -> torch.device | None:
-    """The execution device an accelerate hook (or a ``SequentialHook`` of hooks) sets."""
+def _find_hook(hook: object, accepts: Callable[[object], bool]) -> object | None:
+    """The first accelerate hook that ``accepts``: ``hook`` itself, or one of a
+    ``SequentialHook``'s hooks (searched first, depth first)."""
     if hook is None:
         return None
     for inner in getattr(hook, "hooks", ()) or ():
-        found = _hook_device(inner)
+        found = _find_hook(inner, accepts)
         if found is not None:
             return found
-    device = getattr(hook, "execution_device", None)
-    if device is None:
+    return hook if accepts(hook) else None
+
+
+def _hook_device(hook: object) -> torch.device | None:
+    """The execution device an accelerate hook (or a ``SequentialHook`` of hooks) sets."""
+    found = _find_hook(hook, lambda h: getattr(h, "execution_device", None) is not None)
+    if found is None:
         return None
-    return torch.device(device)  # accelerate may store a CUDA index as an int
+    # accelerate may store a CUDA index as an int
+    return torch.device(found.execution_device)  # type: ignore[attr-defined]
 
 
 def execution_device(module: nn.Module) -> torch.device:
@@ -55,14 +62,12 @@ def execution_device(module: nn.Module) -> torch.device:
 def _offload_hook(hook: object) -> object | None:
     """The accelerate ``AlignDevicesHook`` with ``offload`` set in ``hook`` (itself, or one
     of a ``SequentialHook``'s hooks), if any."""
-    if hook is None:
-        return None
-    for inner in getattr(hook, "hooks", ()) or ():
-        found = _offload_hook(inner)
-        if found is not None:
-            return found
-    has_weights = getattr(hook, "weights_map", None) is not None
-    return hook if getattr(hook, "offload", False) and has_weights else None
+    return _find_hook(
+        hook,
+        lambda h: (
+            bool(getattr(h, "offload", False)) and getattr(h, "weights_map", None) is not None
+        ),
+    )
 
 
 def offload_hooks(model: nn.Module) -> list[tuple[nn.Module, object]]:
