@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import spectral_edit.hf.argmax as argmax
 from spectral_edit.hf.argmax import GreedyHead, bfloat16_is_fast
 from spectral_edit.hf.heads import lm_head_logits
 
@@ -97,3 +98,34 @@ def test_the_default_screens_only_where_bfloat16_is_fast():
     model = make_tiny_model("llama")
     assert GreedyHead(model).screening == bfloat16_is_fast(torch.device("cpu"))
     assert not bfloat16_is_fast(torch.device("meta"))
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_blockwise_arg_max_equals_the_whole_logits_one(arch, monkeypatch):
+    """Unscreened, the head is read in blocks (7 rows here, so many blocks and a short
+    last one); ties across blocks keep the first token, as ``argmax`` does: rows 3 and 40
+    of the head are made equal, and gemma2's soft-capping saturates at large scales."""
+    monkeypatch.setattr(argmax, "VOCAB_BLOCK", 7)
+    model = make_tiny_model(arch)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        head.weight[40] = head.weight[3]
+    greedy = GreedyHead(model, screen=False)
+    assert greedy.blockwise and not greedy.screening
+    width = head.weight.shape[1]
+    tie = head.weight[3].detach() * 100  # scores rows 3 and 40 highest, equally
+    for seed, scale in enumerate((0.01, 1.0, 30.0, 1e4)):
+        for rows in (argmax.FEW_ROWS - 1, argmax.FEW_ROWS + 4):  # both unscreened routes
+            hidden = torch.cat([_hidden(rows, width, seed, scale), tie[None]])
+            expected = lm_head_logits(model, hidden).argmax(-1)
+            assert expected[-1] == 3
+            assert torch.equal(greedy(hidden), expected)
+
+
+def test_blockwise_arg_max_in_half_precision(monkeypatch):
+    monkeypatch.setattr(argmax, "VOCAB_BLOCK", 5)
+    model = make_tiny_model("llama").to(torch.bfloat16)
+    hidden = _hidden(30, model.config.hidden_size, 1, 3.0).to(torch.bfloat16)
+    greedy = GreedyHead(model)
+    assert greedy.blockwise and not greedy.screening
+    assert torch.equal(greedy(hidden), lm_head_logits(model, hidden).argmax(-1))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..core.options import Neutral, Site, Token
 from ..hf.capture import capture_kinds
+from ..hf.generated_capture import GENERATED, capture_generated
 from ..hf.generation import generate_greedy
 from .format import Demonstration
 from .prompts import PLAIN, PromptFormat
@@ -113,31 +115,53 @@ def capture_demos(
     site, token = Site.parse(site, "site"), Token.parse(token, "token")
     demos = [dataclasses.replace(d, prompt=prompt_format.adopt(d.prompt)) for d in demos]
     prompts = [d.prompt for d in demos]
-    neutral_texts = neutral_answers(
-        model,
-        tokenizer,
-        demos,
-        neutral,
-        batch_size=batch_size,
-        progress=progress,
-        prompt_format=prompt_format,
-    )
-    answers = {
-        "neutral": neutral_texts,
+    given = {
         "positive": [prompt_format.answer(d.positive) for d in demos],
         "negative": [prompt_format.answer(d.negative) for d in demos],
     }
-    captured = capture_kinds(
-        model,
-        tokenizer,
-        prompts,
-        answers,
-        layers=layers,
-        site=site,
-        token=token,
-        token_seed=token_seed,
-        batch_size=batch_size,
-        layer_path=layer_path,
-        progress="activations" if progress else False,
+    common: dict[str, Any] = {
+        "layers": layers,
+        "site": site,
+        "token": token,
+        "token_seed": token_seed,
+        "batch_size": batch_size,
+        "layer_path": layer_path,
+    }
+    mode = Neutral.parse(neutral, "neutral")
+    if mode is Neutral.GENERATE and all(d.neutral is None for d in demos):
+        # one pass over each prompt: the answers are read while they are generated
+        _, captured = capture_generated(
+            model,
+            tokenizer,
+            prompts,
+            given,
+            answer=lambda text: prompt_format.answer(text) if text.strip() else "",
+            decode_batch_size=GENERATION_WIDTH * batch_size,
+            progress="neutral answers + activations" if progress else False,
+            **common,
+        )
+        captured["neutral"] = captured.pop(GENERATED)
+    else:
+        neutral_texts = neutral_answers(
+            model,
+            tokenizer,
+            demos,
+            mode,
+            batch_size=batch_size,
+            progress=progress,
+            prompt_format=prompt_format,
+        )
+        captured = capture_kinds(
+            model,
+            tokenizer,
+            prompts,
+            {"neutral": neutral_texts, **given},
+            progress="activations" if progress else False,
+            **common,
+        )
+    return DemoActivations(
+        neutral=captured["neutral"],
+        positive=captured["positive"],
+        negative=captured["negative"],
+        layers=tuple(layers),
     )
-    return DemoActivations(**captured, layers=tuple(layers))

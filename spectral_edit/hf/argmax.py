@@ -23,6 +23,14 @@ ruled-out token's finished upper end reaches the maximum found, it joins the can
 and the maximum is taken again. The result is the float32 arg-max up to the summation
 order of one float32 dot product (a float32 product over a different set of rows, or a
 different batch, may already round differently at that level).
+
+Without the screen (no fast bfloat16, or a head it is not exact for) the arg-max is still
+taken without the full ``B × V`` logits: the head's rows are read in blocks of
+``VOCAB_BLOCK`` tokens, each block's finished logits reduced to its first maximum at once
+(a block stays in cache; on a CPU this is 1.2–1.7× faster than one product and one
+``argmax``), and a later block wins only where its maximum is strictly larger, which is
+the first maximum over all tokens; a few rows take one ``weight @ hiddenᵀ`` product
+(``FEW_ROWS``).
 """
 
 from __future__ import annotations
@@ -45,6 +53,14 @@ UNIT_ROUNDOFF = 2.0**-8
 SCREEN_ROWS = 32
 """Hidden states screened together (each holds ``rows × vocabulary`` float32 values)."""
 
+VOCAB_BLOCK = 4096
+"""Head rows per product where the arg-max is taken block by block."""
+
+FEW_ROWS = 16
+"""Up to this many hidden states, the unscreened arg-max takes ``weight @ hiddenᵀ``: the
+head's weight streamed once through a kernel that packs only the small operand (on a
+CPU 1.1–3× faster than ``F.linear`` for 2–16 rows, slower beyond ~32)."""
+
 
 def bfloat16_is_fast(device: torch.device) -> bool:
     """Whether bfloat16 matrix products beat float32 ones on ``device``: a CPU with
@@ -58,7 +74,9 @@ def bfloat16_is_fast(device: torch.device) -> bool:
 class GreedyHead:
     """``lm_head_logits(model, hidden).argmax(-1)``, screened in bfloat16 where that is
     exact and faster (module docstring): a float32 ``nn.Linear`` LM head on a CPU with
-    bfloat16 dot products, whose finishing of the logits is monotone.
+    bfloat16 dot products, whose finishing of the logits is monotone; elsewhere, for a
+    plain ``nn.Linear`` head of any dtype, block by block (``VOCAB_BLOCK``); else from
+    the whole logits.
 
     Holds a bfloat16 copy of the head's weight and its rows' norms while in use (for
     Gemma 3 270M: 335 MB and 1 MB). ``screen``: ``None`` = where it pays (above);
@@ -68,18 +86,22 @@ class GreedyHead:
         self.model = model
         _, head = decoder_and_head(model)
         weight = getattr(head, "weight", None)
-        exact = (
+        self.blockwise = (  # a plain linear head whose weight is here
             type(head) is nn.Linear
             and isinstance(weight, torch.Tensor)
-            and weight.dtype == torch.float32
             and weight.device.type != "meta"  # not offloaded by accelerate
+        )
+        exact = (
+            self.blockwise
+            and weight.dtype == torch.float32  # type: ignore[union-attr]
             and logits_monotone(model)
         )
         fast = exact and bfloat16_is_fast(weight.device)  # type: ignore[union-attr]
         self.screening = exact and (fast if screen is None else screen)
-        if self.screening:
+        if self.blockwise:
             assert isinstance(head, nn.Linear)
             self.weight, self.bias = head.weight.detach(), head.bias
+        if self.screening:
             self.low = self.weight.to(torch.bfloat16)
             self.norms = self.weight.norm(dim=-1)  # (V,)
             width = self.weight.shape[1]
@@ -92,8 +114,10 @@ class GreedyHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Greedy token ids ``(B,)`` (int64, on the head's device) of final hidden states
         ``hidden`` ``(B, d)``."""
-        if not self.screening or not bool(torch.isfinite(hidden).all()):
+        if not self.blockwise or not bool(torch.isfinite(hidden).all()):
             return lm_head_logits(self.model, hidden).argmax(-1)
+        if not self.screening:
+            return self._blockwise(hidden.to(self.weight.device, self.weight.dtype))
         hidden = hidden.to(self.weight.device, torch.float32)
         return torch.cat(
             [
@@ -101,6 +125,32 @@ class GreedyHead:
                 for start in range(0, hidden.shape[0], SCREEN_ROWS)
             ]
         )
+
+    def _blockwise(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The first maximum of the finished logits, ``VOCAB_BLOCK`` head rows at a time;
+        up to ``FEW_ROWS`` hidden states as one ``weight @ hiddenᵀ`` product instead."""
+        if hidden.shape[0] <= FEW_ROWS:
+            logits = torch.mm(self.weight, hidden.T)  # (V, B)
+            if self.bias is not None:
+                logits += self.bias[:, None]
+            return finish_logits(self.model, logits.float()).argmax(0)
+        best = index = None
+        for start in range(0, self.weight.shape[0], VOCAB_BLOCK):
+            stop = start + VOCAB_BLOCK
+            bias = None if self.bias is None else self.bias[start:stop]
+            logits = finish_logits(
+                self.model, F.linear(hidden, self.weight[start:stop], bias).float()
+            )
+            at = logits.argmax(-1, keepdim=True)
+            top = logits.gather(-1, at).squeeze(-1)
+            if best is None or index is None:
+                best, index = top, at.squeeze(-1) + start
+            else:
+                better = top > best  # ties keep the earlier token
+                best = torch.where(better, top, best)
+                index = torch.where(better, at.squeeze(-1) + start, index)
+        assert index is not None  # a head has at least one row
+        return index
 
     def candidates(self, hidden: torch.Tensor) -> torch.Tensor:
         """Which tokens the screen keeps for each row: bool ``(B, V)``."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from .prefix import (
     merge_caches,
     shared_prefix_length,
     window_allows,
+    with_room,
 )
 from .tokens import check_length, encode, input_device, output_cache, pad_batch, pad_id_of
 
@@ -67,6 +69,56 @@ def generate_greedy(
     prompt is the prompt boundary of a position-restricted edit
     (:func:`~spectral_edit.hf.positions.prompt_boundary`).
     """
+    plan = plan_greedy(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        stops=stops,
+        batch_size=batch_size,
+        decode_batch_size=decode_batch_size,
+    )
+    return plan.generate(progress)
+
+
+@dataclass(frozen=True)
+class GreedyPlan:
+    """How :func:`generate_greedy` runs its prompts: their ids ``encoded`` (special
+    tokens added), the decoding on their shared prefix's cache, the ``groups`` of prompt
+    indices decoded together (shortest prompts first), each prefilled ``chunk`` prompts
+    per pass with ``pad`` as padding."""
+
+    decoding: GreedyDecoding
+    encoded: list[list[int]]
+    groups: list[list[int]]
+    pad: int
+    chunk: int
+
+    def generate(self, progress: bool | str = False) -> list[str]:
+        """The greedy texts of the prompts, cut at the stops, in the prompts' order."""
+        out: list[str] = [""] * len(self.encoded)
+        bar = progress_bar(len(self.encoded), progress, "generate", "seq")
+        for rows in self.groups:
+            texts = self.decoding.run([self.encoded[i] for i in rows], self.pad, self.chunk)
+            for row, text in zip(rows, texts, strict=True):
+                out[row] = truncate_at_stops(text, self.decoding.stops)
+            bar.update(len(rows))
+        bar.close()
+        return out
+
+
+def plan_greedy(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    stops: Sequence[str],
+    batch_size: int,
+    decode_batch_size: int | None,
+) -> GreedyPlan:
+    """The plan of :func:`generate_greedy` (its arguments): checks them, encodes the
+    prompts and runs their shared prefix once (the only forward pass here)."""
     check_count("batch_size", batch_size)
     check_count("max_new_tokens", max_new_tokens)
     group = batch_size if decode_batch_size is None else decode_batch_size
@@ -82,18 +134,11 @@ def generate_greedy(
         shared = shared_prefix_length(encoded, [len(ids) - 1 for ids in encoded])
     with prompt_boundary([shared + 1]):  # every prompt is longer than the prefix
         prefix = PrefixCache.build(model, encoded[0][:shared] if shared else [])
-    decoding = _Decoding(model, tokenizer, prefix, max_new_tokens, stops)
+    decoding = GreedyDecoding(model, tokenizer, prefix, max_new_tokens, stops)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    out: list[str] = [""] * len(prompts)
-    bar = progress_bar(len(prompts), progress, "generate", "seq")
-    for start in range(0, len(order), group if inner_padding else batch_size):
-        rows = order[start : start + (group if inner_padding else batch_size)]
-        texts = decoding.run([encoded[i] for i in rows], pad, batch_size)
-        for row, text in zip(rows, texts, strict=True):
-            out[row] = truncate_at_stops(text, stops)
-        bar.update(len(rows))
-    bar.close()
-    return out
+    width = group if inner_padding else batch_size
+    groups = [order[start : start + width] for start in range(0, len(order), width)]
+    return GreedyPlan(decoding, encoded, groups, pad, batch_size)
 
 
 def end_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -108,8 +153,28 @@ def end_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[i
     return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
 
 
-class _Decoding:
-    """Greedy decoding of batches of prompts that all start with ``prefix``'s ids."""
+RowsObserver = Callable[[list[int]], None]
+"""Called after each forward pass of a decoding with the rows (indices into the prompts
+of :meth:`GreedyDecoding.prefill`) whose last position it just computed, in batch order:
+hooks on the model's modules saw them as ``hidden[:, -1]``."""
+
+
+@dataclass
+class Prefilled:
+    """Prompts after their prefill: their cache ``past``, its slot mask ``seen``
+    ``(B, S)`` (0 = padding), their last final hidden states ``hidden`` ``(B, d)``, and
+    the prompts' indices ``rows`` (into the prefilled list) and lengths ``lengths``."""
+
+    past: object
+    seen: torch.Tensor
+    hidden: torch.Tensor
+    rows: list[int]
+    lengths: list[int]
+
+
+class GreedyDecoding:
+    """Greedy decoding of batches of prompts that all start with ``prefix``'s ids: a
+    prefill (:meth:`prefill`), then greedy steps (:meth:`decode`)."""
 
     def __init__(
         self,
@@ -127,45 +192,65 @@ class _Decoding:
 
     def run(self, prompts: Sequence[list[int]], pad: int, chunk: int) -> list[str]:
         """The new text of each prompt (ids, the prefix's first), decoded without
-        special tokens and not yet cut at the stops.
+        special tokens and not yet cut at the stops."""
+        return [
+            self.text(tokens)
+            for part in self.prefill(prompts, pad, chunk)
+            for tokens in self.decode(part)
+        ]
 
-        The prompts' rests after the prefix are run in batches of ``chunk`` (left-padded,
-        so little padding), then decoded together as one batch: their caches merged,
-        each padded at its end (:func:`~.prefix.merge_caches`), so that one long answer
-        does not hold up a batch per chunk."""
+    def prefill(
+        self,
+        prompts: Sequence[list[int]],
+        pad: int,
+        chunk: int,
+        observe: RowsObserver | None = None,
+    ) -> list[Prefilled]:
+        """Run the prompts' rests after the prefix in batches of ``chunk`` (left-padded,
+        so little padding) and merge their caches into one batch, each padded at its end
+        (:func:`~.prefix.merge_caches`), so that one long answer does not hold up a batch
+        per chunk; one part per chunk where the caches do not merge."""
         shared = len(self.prefix)
-        parts = []  # (cache, mask of its slots, last hidden state) per chunk
+        parts = []
         for start in range(0, len(prompts), chunk):
-            rows = prompts[start : start + chunk]
-            ids, mask, _ = pad_batch([p[shared:] for p in rows], pad, "left")
+            rows = list(range(start, min(start + chunk, len(prompts))))
+            ids, mask, _ = pad_batch([prompts[r][shared:] for r in rows], pad, "left")
             seen = torch.ones(len(rows), shared, dtype=torch.long)
-            with prompt_boundary([len(p) for p in rows]):
+            lengths = [len(prompts[r]) for r in rows]
+            with prompt_boundary(lengths):
                 past = self.prefix.expanded(len(rows))
                 out = forward_on_cache(self.base, ids, mask, past, shared, past_mask=seen)
+            if observe is not None:
+                observe(rows)
             seen = torch.cat([seen, mask], dim=1)
-            parts.append((output_cache(out), seen, out.last_hidden_state[:, -1]))
-        merged = merge_caches([c for c, _, _ in parts], [m.shape[1] for _, m, _ in parts])
-        if len(parts) > 1 and merged is not None:
-            width = max(m.shape[1] for _, m, _ in parts)
-            seen = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m, _ in parts])
-            hidden = torch.cat([h for _, _, h in parts])
-            parts = [(merged, seen, hidden)]
-        texts: list[str] = []
-        offset = 0
-        for past, seen, hidden in parts:
-            lengths = [len(p) for p in prompts[offset : offset + hidden.shape[0]]]
-            texts.extend(self._decode(past, seen, hidden, lengths))
-            offset += hidden.shape[0]
-        return texts
+            hidden = out.last_hidden_state[:, -1]
+            parts.append(Prefilled(output_cache(out), seen, hidden, rows, lengths))
+        merged = merge_caches([p.past for p in parts], [p.seen.shape[1] for p in parts])
+        if len(parts) < 2 or merged is None:
+            return parts
+        width = max(p.seen.shape[1] for p in parts)
+        return [
+            Prefilled(
+                merged,
+                torch.cat([F.pad(p.seen, (0, width - p.seen.shape[1])) for p in parts]),
+                torch.cat([p.hidden for p in parts]),
+                [r for p in parts for r in p.rows],
+                [n for p in parts for n in p.lengths],
+            )
+        ]
 
-    def _decode(
-        self, past: object, seen: torch.Tensor, hidden: torch.Tensor, lengths: list[int]
-    ) -> list[str]:
-        """Greedy steps from the prompts' last final hidden states ``hidden`` ``(B, d)``
-        on their cache ``past`` (slots marked by ``seen`` ``(B, S)``); rows of prompt
-        ``lengths`` leave the batch as they end."""
-        active = list(range(len(lengths)))
-        new: list[list[int]] = [[] for _ in lengths]
+    def decode(
+        self, part: Prefilled, observe: RowsObserver | None = None, *, feed_last: bool = False
+    ) -> list[list[int]]:
+        """Greedy steps from ``part`` (its cache is used up): each row's new token ids,
+        without the EOS that ended it; a row leaves the batch as it ends. A row's tokens
+        are all fed back (``observe`` sees them) except its last where a stop string or
+        ``max_new_tokens`` ended it; with ``feed_last``, the last tokens of rows that
+        ``max_new_tokens`` ended are fed too (one more forward pass, no LM head), so that
+        ``observe`` sees every token of every row that no stop string ended."""
+        past, seen, hidden = with_room(part.past, self.max_new_tokens), part.seen, part.hidden
+        active = list(range(len(part.rows)))
+        new: list[list[int]] = [[] for _ in part.rows]
         for step in range(self.max_new_tokens):
             tokens = self.greedy(hidden).tolist()
             keep = []
@@ -175,7 +260,8 @@ class _Decoding:
                 new[row].append(token)
                 if not self._stopped(new[row]):
                     keep.append(j)
-            if not keep or step == self.max_new_tokens - 1:
+            last = step == self.max_new_tokens - 1
+            if not keep or (last and not feed_last):
                 break
             if len(keep) < len(active):
                 index = torch.tensor(keep)
@@ -183,15 +269,20 @@ class _Decoding:
                 seen = seen[index]
             active = [active[j] for j in keep]
             ids = torch.tensor([[tokens[j]] for j in keep])
-            with prompt_boundary([lengths[r] for r in active]):
+            with prompt_boundary([part.lengths[r] for r in active]):
                 out = forward_on_cache(
                     self.base, ids, torch.ones_like(ids), past, seen.shape[1], past_mask=seen
                 )
+            if observe is not None:
+                observe([part.rows[r] for r in active])
+            if last:
+                break
             past, seen = output_cache(out), torch.cat([seen, torch.ones_like(ids)], dim=1)
             hidden = out.last_hidden_state[:, -1]
-        return [self._text(tokens) for tokens in new]
+        return new
 
-    def _text(self, tokens: list[int]) -> str:
+    def text(self, tokens: list[int]) -> str:
+        """The text of new ``tokens``, special tokens skipped."""
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         assert isinstance(text, str)  # one sequence decodes to one string
         return text
@@ -200,5 +291,5 @@ class _Decoding:
         """Whether a stop string occurs in the text of ``tokens``."""
         if not self.stops:
             return False
-        text = self._text(tokens)
+        text = self.text(tokens)
         return any(stop in text for stop in self.stops)

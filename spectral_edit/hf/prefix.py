@@ -26,10 +26,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .heads import decoder_and_head
 from .layers import text_config
 from .tokens import accepts_position_ids, cache_kwargs, check_length, input_device, output_cache
+
+_REPLACING_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+"""Cache layers whose updates and row selections assign new key/value tensors."""
 
 MIN_SHARED_TOKENS = 8
 """A shared prefix shorter than this is not worth a cache copy per batch: run in full."""
@@ -86,9 +90,120 @@ def expand_cache(cache: object, rows: int) -> object:
 
 def select_cache_rows(cache: object, rows: torch.Tensor) -> object:
     """A copy of ``cache`` holding its rows ``rows`` (1-D indices, repeats allowed, in
-    that order); the original is unchanged."""
-    cache = copy.deepcopy(cache)
+    that order); the original is unchanged.
+
+    The keys and values of transformers' dynamic layers (which replace, never write into,
+    their tensors) are indexed straight from the original, not copied whole first."""
+    layers = getattr(cache, "layers", None)
+    memo: dict[int, object] = {}
+    if isinstance(layers, list) and all(type(x) in _REPLACING_LAYERS for x in layers):
+        for layer in layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if isinstance(tensor, torch.Tensor):
+                    memo[id(tensor)] = tensor
+    cache = copy.deepcopy(cache, memo)
     cache.batch_select_indices(rows)  # type: ignore[attr-defined]
+    return cache
+
+
+class _RoomyLayer(DynamicLayer):
+    """A dynamic cache layer whose keys and values ``(B, heads, slots, head_dim)`` are
+    views of buffers with free slots after them and free rows below them: an update
+    writes its new slots in place (and doubles the buffers when they are full) instead of
+    concatenating the whole cache once per step, as
+    :class:`~transformers.cache_utils.DynamicLayer` does, and a row selection in order
+    moves only the rows that change place. It holds what a dynamic layer holds, so
+    attention and masks see the same keys, values and sizes."""
+
+    def __init__(self, layer: DynamicLayer, room: int) -> None:
+        super().__init__()
+        self.is_sliding = layer.is_sliding  # the masks find the sliding layers by it
+        keys, values = layer.keys, layer.values
+        assert isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor)  # with_room
+        self.rows, self.length = keys.shape[0], keys.shape[-2]
+        self._keys = keys.new_empty((*keys.shape[:2], self.length + room, keys.shape[-1]))
+        self._values = values.new_empty((*values.shape[:2], self.length + room, values.shape[-1]))
+        self._keys[:, :, : self.length] = keys
+        self._values[:, :, : self.length] = values
+        self.device, self.is_initialized = keys.device, True
+        self._expose()
+
+    def _expose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point ``keys``/``values`` at the buffers' used rows and slots; returns them."""
+        keys = self._keys[: self.rows, :, : self.length]
+        values = self._values[: self.rows, :, : self.length]
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + key_states.shape[-2]
+        if end > self._keys.shape[-2]:
+            grow = max(end, 2 * self._keys.shape[-2]) - self._keys.shape[-2]
+            self._keys = torch.nn.functional.pad(self._keys, (0, 0, 0, grow))
+            self._values = torch.nn.functional.pad(self._values, (0, 0, 0, grow))
+        self._keys[: self.rows, :, self.length : end] = key_states
+        self._values[: self.rows, :, self.length : end] = value_states
+        self.length = end
+        return self._expose()
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        index = indices.to(self._keys.device)
+        order = torch.arange(len(index), device=index.device)
+        if len(index) <= self.rows and bool((index[1:] > index[:-1]).all()):
+            moved = (index != order).nonzero()
+            if len(moved):  # rows kept in order move up over the dropped ones
+                first = int(moved[0, 0])
+                for buffer in (self._keys, self._values):
+                    buffer[first : len(index), :, : self.length] = buffer[
+                        index[first:], :, : self.length
+                    ]
+        else:  # repeats or another order: new buffers
+            self._keys, self._values = self._keys[index], self._values[index]
+        self.rows = len(index)
+        self._expose()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._keys = self._keys[: self.rows].repeat_interleave(repeats, dim=0)
+        self._values = self._values[: self.rows].repeat_interleave(repeats, dim=0)
+        self.rows *= repeats
+        self._expose()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes the negative number of slots to remove")
+        self.length = max(self.length + tokens_to_remove, 0)
+        self._expose()
+
+
+def with_room(cache: object, room: int) -> object:
+    """``cache`` (used up) made to grow by up to ``room`` slots without copying itself
+    at every step: its dynamic layers become :class:`_RoomyLayer` s, where every layer is
+    a dynamic one and no sliding window would drop a slot before ``room`` more are added
+    (a sliding layer then holds all its slots, as a full one does). Otherwise ``cache``
+    as it is."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list) or not layers:
+        return cache
+    for layer in layers:
+        if type(layer) not in _REPLACING_LAYERS or not isinstance(layer.keys, torch.Tensor):
+            return cache
+        if layer.keys.ndim != 4 or layer.values.shape != layer.keys.shape:
+            return cache
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            if layer.cumulative_length != layer.keys.shape[-2]:
+                return cache  # the window already dropped slots
+            if layer.cumulative_length + room >= layer.sliding_window:
+                return cache
+    cache.layers = [_RoomyLayer(layer, room) for layer in layers]  # type: ignore[attr-defined]
     return cache
 
 
