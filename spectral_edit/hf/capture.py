@@ -177,12 +177,12 @@ def _capture(
 ) -> torch.Tensor:
     """Record ``modules`` (keyed by decoder layer index) at ``on``; stack them in the
     order of ``keys`` → ``(N, len(keys), w)``."""
-    reader = _Reader(model, modules, keys, on, layer_path)
+    reader = LayerReader(model, modules, keys, on, layer_path)
     encoded = [encode_pair(tokenizer, c, a) for c, a in zip(contexts, continuations, strict=True)]
     sequences = [ctx + cont for ctx, cont in encoded]
     check_count("batch_size", batch_size)
     check_length(model, max(map(len, sequences), default=0))  # before any forward pass
-    spans = _spans(encoded, token, token_seed)
+    spans = answer_spans(encoded, token, token_seed)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', not {padding_side!r}")
     # the tokens every sequence shares before its first read position run once
@@ -257,7 +257,7 @@ def capture_kinds(
         for kind in kinds
     }
     sequences = {kind: [ctx + cont for ctx, cont in encoded[kind]] for kind in kinds}
-    spans = {kind: _spans(encoded[kind], token, token_seed) for kind in kinds}
+    spans = {kind: answer_spans(encoded[kind], token, token_seed) for kind in kinds}
     flat = [seq for kind in kinds for seq in sequences[kind]]
     check_length(model, max(map(len, flat), default=0))  # before any forward pass
     shared = shared_prefix_length(flat, [start for kind in kinds for start, _ in spans[kind]])
@@ -292,7 +292,7 @@ def capture_kinds(
             )
             for kind in kinds
         }
-    reader = _Reader(model, modules, layers, "output", layer_path)
+    reader = LayerReader(model, modules, layers, "output", layer_path)
     prefix = PrefixCache.build(model, flat[0][:shared]) if shared else PrefixCache([])
     pad = pad_id_of(tokenizer)
     result: dict[str, torch.Tensor] = {}
@@ -342,7 +342,7 @@ def capture_kinds(
     return {kind: result[kind] for kind in kinds}
 
 
-class _Reader:
+class LayerReader:
     """Forward passes of the base model that record ``modules`` (keyed by layer) at
     ``on`` and stop right after the deepest layer in ``keys``."""
 
@@ -412,7 +412,7 @@ class _Reader:
         return torch.stack([recorded[key] for key in self.keys], dim=1)
 
 
-def _spans(
+def answer_spans(
     encoded: Sequence[tuple[list[int], list[int]]], token: Token, seed: int
 ) -> list[tuple[int, int]]:
     """Per (context ids, continuation ids): the positions read, ``(start, end)``: the

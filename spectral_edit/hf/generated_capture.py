@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..core.options import Site, Token
 from ..util.progress import progress_bar
-from .capture import _Reader, _spans, capture_kinds
+from .capture import LayerReader, answer_spans, capture_kinds
 from .generation import ANSWER_STOPS, GreedyPlan, Prefilled, plan_greedy, truncate_at_stops
 from .hooks import hooked
 from .layers import site_modules
@@ -107,7 +107,7 @@ def capture_generated(
         kind: [encode_pair(tokenizer, c, a) for c, a in zip(contexts, answers, strict=True)]
         for kind, answers in continuations.items()
     }
-    spans = {kind: _spans(given[kind], token, token_seed) for kind in kinds}
+    spans = {kind: answer_spans(given[kind], token, token_seed) for kind in kinds}
     longest_given = max((len(c) + len(a) for k in kinds for c, a in given[k]), default=0)
     check_length(model, longest_given)  # before any forward pass
     plan = plan_greedy(
@@ -129,7 +129,7 @@ def capture_generated(
     result: dict[str, torch.Tensor] = {}
     texts: list[str] = [""] * len(contexts)
     redo: set[int] = set()
-    reader = _Reader(model, modules, layers, "output", layer_path)
+    reader = LayerReader(model, modules, layers, "output", layer_path)
     bar = progress_bar(len(contexts), progress, "answer + capture", "seq")
 
     def store(kind: str, row: int, activation: torch.Tensor) -> None:
@@ -162,7 +162,7 @@ def capture_generated(
                 elif len(cont) >= len(states):
                     redo.add(row)  # noqa: SIM114 - two reasons, one remedy
                 else:
-                    start, end = _spans([(ctx, cont)], token, token_seed)[0]
+                    start, end = answer_spans([(ctx, cont)], token, token_seed)[0]
                     first = len(ctx) - 1  # states[0]: the prompt's last position
                     if start == end:
                         store(GENERATED, row, states[start - first].float())
@@ -199,7 +199,7 @@ def capture_generated(
 
 
 def _read_given(
-    reader: _Reader,
+    reader: LayerReader,
     part: Prefilled,
     rows: list[int],
     plan: GreedyPlan,
