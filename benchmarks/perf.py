@@ -20,7 +20,11 @@ reads it after (``VmHWM``; ``torch.cuda.max_memory_allocated``). Parts (``--part
 - ``generation``: greedy generation with the KV cache
   (:func:`~spectral_edit.hf.generation.generate_greedy`) of ``--gen-prompts`` TruthfulQA
   prompts, unedited and under a SEA editor that edits every decoder layer, a warm-up of
-  each, then ``--gen-repeats`` runs of each alternately; tokens/s from the median.
+  each, then ``--gen-repeats`` back-to-back pairs (order alternating); tokens/s from the
+  median, the overhead from the median of the pairs' ratios, in wall and in CPU time (a
+  shared host's load drifts by several per cent from run to run), and, on CPU, one more
+  edited run whose edit hooks are timed (:func:`_timed_edit`): the edit's own share of
+  the run.
   Decoding is fixed-length (no stop strings, EOS disabled for the timing) so both
   decode exactly ``prompts × --gen-tokens`` tokens in batches of the same shapes.
 
@@ -65,7 +69,7 @@ from spectral_edit.experiments.pipeline import fit_editor  # noqa: E402
 from spectral_edit.hf.capture import capture  # noqa: E402
 from spectral_edit.hf.generation import generate_greedy  # noqa: E402
 from spectral_edit.hf.hooks import add_hooks  # noqa: E402
-from spectral_edit.hf.layers import find_decoder_layers, parse_layers  # noqa: E402
+from spectral_edit.hf.layers import find_decoder_layers, parse_layers, site_modules  # noqa: E402
 from spectral_edit.util.atomic import atomic_write_text  # noqa: E402
 from spectral_edit.util.report import markdown_table, read_json, write_json  # noqa: E402
 
@@ -118,14 +122,20 @@ def read_peaks(device: torch.device, resettable: bool) -> dict[str, Any]:
 
 
 def measured(fn: Callable[[], T], device: torch.device) -> tuple[T, dict[str, Any]]:
-    """``fn()`` with its wall time (s) and its peak memory (:func:`read_peaks`)."""
+    """``fn()`` with its wall time (s), the process's CPU time (s, all threads) and its
+    peak memory (:func:`read_peaks`)."""
     resettable = reset_peaks(device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     value = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
-    return value, {"seconds": round(seconds, 3), **read_peaks(device, resettable)}
+    cpu = time.process_time() - cpu_started
+    return value, {
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu, 3),
+        **read_peaks(device, resettable),
+    }
 
 
 # --------------------------------------------------------------------------- parts
@@ -300,6 +310,26 @@ def _count_decoded(model: Any, run: Callable[[], list[str]]) -> tuple[list[str],
     return texts, fed[0]
 
 
+@contextlib.contextmanager
+def _timed_edit(model: Any, editor: Any) -> Iterator[list[float]]:
+    """``editor`` applied to ``model``, with the seconds spent in its hooks summed into
+    the yielded one-item list: a forward hook on each edited module registered before the
+    editor's starts a clock, one registered after stops it (hooks run in registration
+    order). CPU only: on CUDA the clock would time kernel launches, not the edit."""
+    modules = site_modules(model, editor.active_layers, editor.site, editor.layer_path)
+    spent = [0.0]
+    started: list[float] = []
+
+    def start(_: int, __: torch.Tensor) -> None:
+        started.append(time.perf_counter())
+
+    def stop(_: int, __: torch.Tensor) -> None:
+        spent[0] += time.perf_counter() - started.pop()
+
+    with add_hooks(modules, start), editor.apply(model), add_hooks(modules, stop):
+        yield spent
+
+
 def part_generation(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Greedy KV-cache generation, unedited and with every layer edited."""
     device = torch.device(args.device)
@@ -345,11 +375,16 @@ def part_generation(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                 texts[name], fed = _count_decoded(model, generate)
             if fed != len(prompts) * (args.gen_tokens - 1):
                 raise RuntimeError(f"{name}: {fed} tokens fed back, not fixed-length decoding")
-        for _ in range(args.gen_repeats):
-            for name in runs:
+        for repeat in range(args.gen_repeats):  # back-to-back pairs, order alternating
+            for name in list(runs)[:: 1 if repeat % 2 == 0 else -1]:
                 with editor.apply(model) if name == "edited" else contextlib.nullcontext():
                     _, cost = measured(generate, device)
                 runs[name].append(cost)
+        edit_seconds = None
+        if device.type == "cpu":  # one more edited run, its edit hooks timed
+            with _timed_edit(model, editor) as spent:
+                _, timed = measured(generate, device)
+            edit_seconds = {"in_edit_hooks": round(spent[0], 3), "run": timed["seconds"]}
     out: dict[str, Any] = {
         "prompts": len(prompts),
         "new_tokens_per_prompt": args.gen_tokens,
@@ -373,14 +408,23 @@ def part_generation(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         out[name] = {
             "seconds": round(seconds, 3),
             "all_seconds": [c["seconds"] for c in costs],
+            "cpu_seconds": round(statistics.median(c["cpu_seconds"] for c in costs), 3),
+            "all_cpu_seconds": [c["cpu_seconds"] for c in costs],
             "tokens_per_second": round(tokens / seconds, 2),
             "peak_rss_mib": max(c["peak_rss_mib"] for c in costs),
             "rss_reset": all(c["rss_reset"] for c in costs),
             "cuda_peak_mib": max(cuda) if cuda else None,
         }
-    out["overhead_percent"] = round(
-        100 * (out["edited"]["seconds"] / out["unedited"]["seconds"] - 1), 2
-    )
+    for key, clock in (("overhead_percent", "seconds"), ("cpu_overhead_percent", "cpu_seconds")):
+        ratios = [
+            e[clock] / u[clock] for e, u in zip(runs["edited"], runs["unedited"], strict=True)
+        ]
+        out[key] = round(100 * (statistics.median(ratios) - 1), 2)
+    if edit_seconds is not None:  # the edit's own share of an edited run
+        edit_seconds["share_percent"] = round(
+            100 * edit_seconds["in_edit_hooks"] / edit_seconds["run"], 2
+        )
+    out["edit_hooks"] = edit_seconds
     return out
 
 
@@ -452,8 +496,17 @@ def table_rows(report: dict[str, Any]) -> list[list[Any]]:
             side = gen[key]
             rate = f"{side['tokens_per_second']:.1f} tok/s"
             rows.append([label, size, side["seconds"], rate, *_mem(side), ""])
+        hooks = gen.get("edit_hooks")
+        inside = (
+            f"; {hooks['share_percent']:.1f} % of an edited run inside the edit hooks"
+            if hooks
+            else ""
+        )
+        cpu = gen.get("cpu_overhead_percent")
         rows[-1][-1] = (
-            f"overhead {gen['overhead_percent']:+.1f} % (median of {gen['repeats']}); "
+            f"overhead {gen['overhead_percent']:+.1f} % wall"
+            + (f", {cpu:+.1f} % CPU time" if cpu is not None else "")
+            + f" (median of {gen['repeats']} pairs){inside}; "
             f"{gen['prompts_whose_text_changed']}/{gen['prompts']} texts changed"
         )
     return rows
@@ -511,7 +564,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gen-prompts", type=int, default=16)
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--gen-batch-size", type=int, default=8)
-    p.add_argument("--gen-repeats", type=int, default=3)
+    p.add_argument("--gen-repeats", type=int, default=5)
     p.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     p.add_argument("--child-output", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -8,15 +8,17 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
+from spectral_edit.hf.generation import compact_order
 from spectral_edit.hf.heads import decoder_and_head
 from spectral_edit.hf.prefix import _RoomyLayer, forward_on_cache, sliding_window, with_room
 from spectral_edit.hf.tokens import output_cache
 
 from .tiny_models import TINY_ARCHS, make_tiny_model
 
-STEPS = [None, None, torch.tensor([0, 2, 3]), None, torch.tensor([2, 0, 1]), None]
-"""Before each step, the rows kept (``None``: all): one drop in order, then a reorder;
-three steps past a room of 2 slots make the buffers grow."""
+STEPS = [None, None, torch.tensor([0, 3, 2]), None, torch.tensor([2, 0]), None]
+"""Before each step, the rows kept (``None``: all): a drop whose hole takes the last row
+(:func:`compact_order` of rows 0, 2, 3), then a reorder with a drop; steps past a room of
+2 slots make the buffers grow."""
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -35,7 +37,10 @@ def test_a_cache_with_room_gives_the_dynamic_cache_states(arch):
         for keep in STEPS:
             if keep is not None:
                 plain.batch_select_indices(keep)
+                buffers = [layer._keys for layer in roomy.layers]
                 roomy.batch_select_indices(keep)
+                # rows are moved inside the buffers, never copied to new ones
+                assert all(layer._keys is b for layer, b in zip(roomy.layers, buffers, strict=True))
                 rows = len(keep)
             step = torch.randint(5, 200, (rows, 1), generator=generator)
             mask = torch.ones_like(step)
@@ -47,8 +52,13 @@ def test_a_cache_with_room_gives_the_dynamic_cache_states(arch):
                 assert torch.equal(left.keys, right.keys)
                 assert torch.equal(left.values, right.values)
                 assert left.get_seq_length() == right.get_seq_length() == width
-        roomy.batch_select_indices(torch.tensor([1, 1]))  # repeats: new buffers
+        roomy.batch_select_indices(torch.tensor([1, 1]))  # repeats, in place
         plain.batch_select_indices(torch.tensor([1, 1]))
+        assert all(
+            torch.equal(p.keys, r.keys) for p, r in zip(plain.layers, roomy.layers, strict=True)
+        )
+        roomy.batch_select_indices(torch.tensor([0, 1, 0, 1, 1]))  # more rows: new buffers
+        plain.batch_select_indices(torch.tensor([0, 1, 0, 1, 1]))
         assert all(
             torch.equal(p.keys, r.keys) for p, r in zip(plain.layers, roomy.layers, strict=True)
         )
@@ -66,3 +76,15 @@ def test_no_room_where_a_sliding_window_would_drop_slots():
     assert DynamicSlidingWindowLayer in kinds
     assert with_room(cache, 8) is cache and [type(x) for x in cache.layers] == kinds
     assert all(type(x) is _RoomyLayer for x in with_room(cache, 2).layers)
+
+
+def test_compact_order_fills_each_hole_from_the_end():
+    assert compact_order([0, 2, 3]) == [0, 3, 2]  # STEPS' first drop
+    assert compact_order([0, 2, 3, 5]) == [0, 5, 2, 3]
+    assert compact_order([0, 1, 2]) == [0, 1, 2]
+    assert compact_order([4, 5, 6]) == [6, 5, 4]
+    for keep in ([1, 3, 4, 7, 8, 9], [0, 9], list(range(1, 10, 2))):
+        order = compact_order(keep)
+        assert sorted(order) == keep
+        moved = sum(row != at for at, row in enumerate(order))
+        assert moved == sum(row >= len(keep) for row in keep)  # one per hole

@@ -82,12 +82,25 @@ def test_perf_parts_json_and_table(setup: dict[str, Path]) -> None:
         assert len(side["all_seconds"]) == 2
         assert side["seconds"] == pytest.approx(statistics.median(side["all_seconds"]), abs=1e-3)
         assert side["tokens_per_second"] == pytest.approx(3 * 4 / side["seconds"], rel=1e-2)
-    expected = 100 * (gen["edited"]["seconds"] / gen["unedited"]["seconds"] - 1)
-    assert gen["overhead_percent"] == pytest.approx(expected, abs=0.01)
+        assert len(side["all_cpu_seconds"]) == 2 and side["cpu_seconds"] > 0
+    # the overhead is the median of the back-to-back pairs' ratios (wall and CPU time)
+    for key, clock in (
+        ("overhead_percent", "all_seconds"),
+        ("cpu_overhead_percent", "all_cpu_seconds"),
+    ):
+        pairs = zip(gen["edited"][clock], gen["unedited"][clock], strict=True)
+        expected = 100 * (statistics.median(e / u for e, u in pairs) - 1)
+        assert gen[key] == pytest.approx(expected, abs=0.01)
+    hooks = gen["edit_hooks"]  # the edit's own time, inside an edited run
+    assert 0 < hooks["in_edit_hooks"] < hooks["run"]
+    assert hooks["share_percent"] == pytest.approx(
+        100 * hooks["in_edit_hooks"] / hooks["run"], abs=0.01
+    )
 
     table = (setup["root"] / "perf.md").read_text()
     assert "| measurement | size | seconds |" in table
     assert "generation, SEA on 3/3 layers" in table and "overhead" in table
+    assert "of an edited run inside the edit hooks" in table
     assert "capture (shared-prefix cache)" in table and "fit_editor" in table
 
     # rerun the fit alone: the other parts are kept as they were

@@ -7,7 +7,7 @@ import torch
 from spectral_edit import fit_from_arrays
 from spectral_edit.core.features import get_feature_map
 from spectral_edit.core.options import SvdRoute
-from spectral_edit.core.spectral import rank_for_energy, spectral_edit
+from spectral_edit.core.spectral import EditFactors, apply_edit, rank_for_energy, spectral_edit
 from spectral_edit.editors.sea_fit import SpectralFitter
 
 
@@ -164,6 +164,38 @@ def test_edit_keeps_token_norm_and_is_per_token():
     half = spectral_edit(h, pos, neg, alpha=0.5)
     torch.testing.assert_close(half, (h + out) / 2)
     assert torch.equal(spectral_edit(h, pos, neg, alpha=0.0), h)
+
+
+def test_joined_factors_give_the_dense_projections():
+    """``c + (c read) writeᵀ`` is ``P+ c + P- c`` with the projections formed densely, in
+    any batch shape, with and without the centring mean, for float64 and bfloat16 input."""
+    gen = torch.Generator().manual_seed(7)
+    d = 20
+    pos = torch.linalg.qr(torch.randn(d, 4, generator=gen, dtype=torch.float64))[0]
+    neg = torch.linalg.qr(torch.randn(d, 6, generator=gen, dtype=torch.float64))[0]
+    mean = torch.randn(d, generator=gen, dtype=torch.float64)
+    h = torch.randn(3, 2, 5, d, generator=gen, dtype=torch.float64) * 4
+    p_sum = pos @ pos.T + torch.eye(d, dtype=torch.float64) - neg @ neg.T
+    factors = EditFactors.join(pos, neg, mean)
+    assert factors.read.shape == factors.write.shape == (d, 10)
+    c = h - mean
+    z = c @ p_sum  # P+ and P- are symmetric
+    expected = mean + z * (c.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(apply_edit(h, factors), expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(spectral_edit(h, pos, neg, mean=mean), expected)
+    torch.testing.assert_close(apply_edit(h, factors, merge="mean"), mean + z / 2)
+    # alpha: exactly h at 0 and exactly the edit at 1; halfway is the midpoint
+    assert torch.equal(apply_edit(h, factors, alpha=0.0), h)
+    torch.testing.assert_close(apply_edit(h, factors, alpha=0.5), (h + expected) / 2)
+    # half precision is computed in float32 from factors joined in float32
+    low = h.to(torch.bfloat16)
+    f32 = EditFactors.join(pos, neg, mean, dtype=torch.float32)
+    out = apply_edit(low, f32)
+    assert out.dtype == torch.bfloat16
+    reference = spectral_edit(low.double(), pos, neg, mean=mean)
+    torch.testing.assert_close(out.double(), reference, atol=0.1, rtol=1e-2)
+    with pytest.raises(ValueError, match="factors must be"):
+        EditFactors.join(pos, neg[:-1])
 
 
 def test_phi_edit_with_full_ranks_is_identity():

@@ -2,10 +2,14 @@
 
 Shapes: ``d`` hidden size; ``U+`` is ``(d, k+)`` and ``U-`` is ``(d, k-)`` with
 orthonormal columns. ``P+ = U+ U+^T`` and ``P- = I - U- U-^T`` are never formed densely
-on the hot path: ``P+ h = U+ (U+^T h)`` and ``P- h = h - U- (U-^T h)`` cost ``O(d k)``.
+on the hot path: ``P+ h = U+ (U+^T h)`` and ``P- h = h - U- (U-^T h)`` cost ``O(d k)``,
+and the edit takes both in two matrix products of the joined factors
+(:class:`EditFactors`, built once per layer and device by the editor's hooks).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -73,6 +77,51 @@ def dense_projections(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tenso
     return pos @ pos.T, eye - neg @ neg.T
 
 
+@dataclass(frozen=True)
+class EditFactors:
+    """One layer's factors joined for the edit, so that it costs two matrix products.
+
+    ``read = [U+, U-]`` and ``write = [U+, −U-]``, each ``(d, k+ + k-)``, give
+    ``c + (c read) writeᵀ = P+ c + P- c`` (``P- c = c − U- U-ᵀ c``). ``mean`` is μ ``(d,)``
+    or ``None``. All three share one device and dtype: build them once per layer and
+    device (:meth:`join`) and reuse them at every call of :func:`apply_edit`.
+    """
+
+    read: torch.Tensor
+    write: torch.Tensor
+    mean: torch.Tensor | None = None
+
+    @classmethod
+    def join(
+        cls,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> EditFactors:
+        """From ``U+`` ``(d, k+)``, ``U-`` ``(d, k-)`` and μ ``(d,)``, on ``device`` with
+        ``dtype`` (default: ``pos``'s)."""
+        if pos.ndim != 2 or neg.ndim != 2 or pos.shape[0] != neg.shape[0]:
+            raise ValueError(f"factors must be (d, k+) and (d, k-), got {tuple(pos.shape)} "
+                             f"and {tuple(neg.shape)}")  # fmt: skip
+        dtype = dtype or pos.dtype
+        pos = pos.to(device=device or pos.device, dtype=dtype)
+        neg = neg.to(device=pos.device, dtype=dtype)
+        return cls(
+            read=torch.cat([pos, neg], dim=1),
+            write=torch.cat([pos, -neg], dim=1),
+            mean=None if mean is None else mean.to(device=pos.device, dtype=dtype),
+        )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the edit computes in for activations of ``dtype``: float32 for half
+    precision, else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def spectral_edit(
     h: torch.Tensor,
     pos: torch.Tensor,
@@ -84,28 +133,50 @@ def spectral_edit(
     scale: torch.Tensor | float = 1.0,
     mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Edit activations ``h`` ``(..., d)`` of one layer with factors ``U+`` ``(d, k+)``
+    and ``U-`` ``(d, k-)``; :func:`apply_edit` on :meth:`EditFactors.join` of them (see it
+    for the maths). ``pos``/``neg``/``mean`` must share ``h``'s device."""
+    factors = EditFactors.join(pos, neg, mean, dtype=compute_dtype(h.dtype))
+    return apply_edit(h, factors, merge=merge, alpha=alpha, feature=feature, scale=scale)
+
+
+def apply_edit(
+    h: torch.Tensor,
+    factors: EditFactors,
+    *,
+    merge: Merge | str = Merge.NORM,
+    alpha: float = 1.0,
+    feature: FeatureMap | None = None,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
     """Edit activations ``h`` ``(..., d)`` of one layer; returns the same shape and dtype.
 
-    ``u = φ_s(h)``; ``c = u − μ`` (``mean`` μ ``(d,)``, the fit-time neutral mean in
+    ``u = φ_s(h)``; ``c = u − μ`` (``factors.mean`` μ, the fit-time neutral mean in
     feature space; ``c = u`` without it, the paper's edit); ``z = P+ c + P- c``; merge
     ``norm``: ``z · ‖c‖ / ‖z‖`` per token, ``mean``: ``z / 2``; ``h' = φ_s^{-1}(μ + z)``
-    (sign from ``h`` where φ needs it); result ``h + α (h' − h)``. ``pos``/``neg``/``mean``
-    must share ``h``'s device. Half-precision inputs are computed in float32.
+    (sign from ``h`` where φ needs it); result ``h + α (h' − h)`` (``torch.lerp``: exactly
+    ``h`` at α = 0 and ``h'`` at α = 1). ``factors`` must share ``h``'s device. Half-
+    precision inputs are computed in float32.
     """
     merge = Merge.parse(merge, "merge")
-    compute = torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
+    compute = compute_dtype(h.dtype)
     x = h.to(compute)
-    pos = pos.to(compute)
-    neg = neg.to(compute)
-    u = x if feature is None or feature.is_identity else feature.forward(x, scale)
-    c = u if mean is None else u - mean.to(compute)
-    z = (c @ pos) @ pos.T + c - (c @ neg) @ neg.T
+    read = factors.read.to(compute)
+    if feature is not None and feature.is_identity:
+        feature = None
+    u = x if feature is None else feature.forward(x, scale)
+    mean = None if factors.mean is None else factors.mean.to(compute)
+    c = (u if mean is None else u - mean).reshape(-1, read.shape[0])
+    z = torch.addmm(c, c @ read, factors.write.to(compute).T)
     if merge is Merge.NORM:
-        tiny = torch.finfo(compute).tiny
-        z = z * (c.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(tiny))
+        shrink = torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min_(
+            torch.finfo(compute).tiny
+        )
+        z.mul_(torch.linalg.vector_norm(c, dim=-1, keepdim=True).div_(shrink))
     else:
-        z = z / 2
+        z.div_(2)
     if mean is not None:
-        z = z + mean.to(compute)
-    edited = z if feature is None or feature.is_identity else feature.inverse(z, scale, x)
-    return (x + alpha * (edited - x)).to(h.dtype)
+        z.add_(mean)
+    z = z.view(x.shape)
+    edited = z if feature is None else feature.inverse(z, scale, x)
+    return (edited if alpha == 1 else torch.lerp(x, edited, alpha)).to(h.dtype)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.features import get_feature_map
 from ..core.options import Feature, Merge, Positions, Site
-from ..core.spectral import dense_projections, spectral_edit
+from ..core.spectral import EditFactors, apply_edit, compute_dtype, dense_projections
 from ..hf.hooks import HookHandle
 from .base import SiteEditor
 from .file_format import EditorFormat, TensorField
@@ -189,47 +189,41 @@ class SpectralEditor(SiteEditor):
         """The fit-time neutral mean ``(d,)`` of one layer, if stored."""
         return None if self.means is None else self.means[self._index(layer)]
 
-    def _placed(
-        self, layer: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(U+, U-, μ or None)`` of ``layer`` on ``device`` (μ only for the centred edit)."""
+    def _placed(self, layer: int, device: torch.device, dtype: torch.dtype) -> EditFactors:
+        """The joined factors of ``layer`` (with μ for the centred edit) on ``device``, in
+        the dtype the edit of ``dtype`` activations computes in."""
         pos, neg = self.factors(layer)
         mean = self.mean(layer) if self.center_edit else None
-        return pos.to(device), neg.to(device), None if mean is None else mean.to(device)
+        return EditFactors.join(pos, neg, mean, device=device, dtype=compute_dtype(dtype))
 
     def edit(
-        self,
-        hidden: torch.Tensor,
-        layer: int,
-        placed: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+        self, hidden: torch.Tensor, layer: int, placed: EditFactors | None = None
     ) -> torch.Tensor:
         """The edited activations ``(..., d)`` of ``layer`` at every position (pure
         function, no hooks; ``positions`` is the hooks' business).
 
-        ``placed``: the layer's ``(U+, U-, μ)`` already on ``hidden``'s device (the hooks
-        pass cached copies); default: moved from the editor on each call.
+        ``placed``: the layer's :class:`EditFactors` already on ``hidden``'s device (the
+        hooks pass cached ones); default: joined from the editor on each call.
         """
-        pos, neg, mean = placed or self._placed(layer, hidden.device)
-        return spectral_edit(
+        factors = placed or self._placed(layer, hidden.device, hidden.dtype)
+        return apply_edit(
             hidden,
-            pos,
-            neg,
+            factors,
             merge=self.merge,
             alpha=self.alpha,
             feature=get_feature_map(self.feature),
             scale=self.scale(layer),
-            mean=mean,
         )
 
     # ----------------------------------------------------------------- application
     def attach(self, model: nn.Module) -> HookHandle:
         """Edit ``model`` until ``handle.remove()``; factors follow each layer's device/dtype."""
-        placed: dict[tuple[int, torch.device], Any] = {}
+        placed: dict[tuple[int, torch.device, torch.dtype], EditFactors] = {}
 
         def hook(layer: int, hidden: torch.Tensor) -> torch.Tensor:
-            key = (layer, hidden.device)
+            key = (layer, hidden.device, hidden.dtype)
             if key not in placed:
-                placed[key] = self._placed(layer, hidden.device)
+                placed[key] = self._placed(*key)
             return self.edit(hidden, layer, placed[key])
 
         return self._hook(model, self.active_layers, hook, self.positions)

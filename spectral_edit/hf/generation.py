@@ -29,6 +29,18 @@ ANSWER_STOPS = ("\n\n", "\nQ:")
 """Default stop strings: a blank line or the next question ends an answer."""
 
 
+def compact_order(keep: Sequence[int]) -> list[int]:
+    """The batch rows ``keep`` (ascending) in the order that moves fewest rows: a kept row
+    whose place is inside the new batch stays there, and each hole (a dropped row inside
+    it) takes a kept row from beyond it, last first. ``[0, 2, 3, 5]`` (rows 1 and 4 of six
+    dropped) gives ``[0, 5, 2, 3]``: one row moves instead of three."""
+    keep = list(keep)
+    size = len(keep)
+    staying = {row for row in keep if row < size}
+    beyond = [row for row in keep if row >= size]
+    return [at if at in staying else beyond.pop() for at in range(size)]
+
+
 def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
     """``text`` up to (not including) the earliest stop string."""
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
@@ -264,6 +276,7 @@ class GreedyDecoding:
             if not keep or (last and not feed_last):
                 break
             if len(keep) < len(active):
+                keep = compact_order(keep)
                 index = torch.tensor(keep)
                 past.batch_select_indices(index.to(input_device(self.base)))  # type: ignore[attr-defined]
                 seen = seen[index]

@@ -112,8 +112,8 @@ class _RoomyLayer(DynamicLayer):
     views of buffers with free slots after them and free rows below them: an update
     writes its new slots in place (and doubles the buffers when they are full) instead of
     concatenating the whole cache once per step, as
-    :class:`~transformers.cache_utils.DynamicLayer` does, and a row selection in order
-    moves only the rows that change place. It holds what a dynamic layer holds, so
+    :class:`~transformers.cache_utils.DynamicLayer` does, and a row selection moves only
+    the rows that change place. It holds what a dynamic layer holds, so
     attention and masks see the same keys, values and sizes."""
 
     def __init__(self, layer: DynamicLayer, room: int) -> None:
@@ -156,17 +156,18 @@ class _RoomyLayer(DynamicLayer):
         return self.length + query_length, 0
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Row ``i`` becomes row ``indices[i]``. Within the buffers' rows only the rows whose
+        place changes are written (their sources are read first), so a drop that fills
+        each hole from the end (:func:`~.generation.compact_order`) moves one row per
+        hole; more rows than the buffers hold: new buffers."""
         index = indices.to(self._keys.device)
-        order = torch.arange(len(index), device=index.device)
-        if len(index) <= self.rows and bool((index[1:] > index[:-1]).all()):
-            moved = (index != order).nonzero()
-            if len(moved):  # rows kept in order move up over the dropped ones
-                first = int(moved[0, 0])
+        if len(index) <= self._keys.shape[0]:
+            moved = (index != torch.arange(len(index), device=index.device)).nonzero()[:, 0]
+            if len(moved):
+                sources = index[moved]
                 for buffer in (self._keys, self._values):
-                    buffer[first : len(index), :, : self.length] = buffer[
-                        index[first:], :, : self.length
-                    ]
-        else:  # repeats or another order: new buffers
+                    buffer[moved, :, : self.length] = buffer[sources, :, : self.length]
+        else:
             self._keys, self._values = self._keys[index], self._values[index]
         self.rows = len(index)
         self._expose()
