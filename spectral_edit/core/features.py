@@ -34,6 +34,7 @@ from .options import Feature
 __all__ = [
     "FeatureMap",
     "clamp_margin",
+    "compute_dtype",
     "get_feature_map",
     "rms_scale",
 ]
@@ -57,8 +58,13 @@ def clamp_margin(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype used internally: at least float32 (float64 stays float64)."""
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the feature maps and the edit compute in for tensors of ``dtype``: at
+    least float32 (float16/bfloat16 → float32; float64 stays float64).
+
+    Raises:
+        TypeError: if ``dtype`` is not a floating-point dtype.
+    """
     if not dtype.is_floating_point:
         raise TypeError(f"feature maps need a floating-point tensor, got dtype {dtype}")
     return torch.promote_types(dtype, torch.float32)
@@ -130,7 +136,7 @@ class FeatureMap:
         """
         if self.is_identity:
             return x
-        work = x.to(_compute_dtype(x.dtype))
+        work = x.to(compute_dtype(x.dtype))
         u = work / _as_scale(scale, work)
         if self.name is Feature.TANH:
             out = torch.tanh(u)
@@ -183,7 +189,7 @@ class FeatureMap:
                     f"reference shape {tuple(reference.shape)} != input shape {tuple(y.shape)}"
                 )
         eps = clamp_margin(y.dtype)
-        work = y.to(_compute_dtype(y.dtype))
+        work = y.to(compute_dtype(y.dtype))
         s = _as_scale(scale, work)
         if self.name is Feature.TANH:
             out = torch.atanh(work.clamp(-1.0 + eps, 1.0 - eps))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .features import FeatureMap
+from .features import FeatureMap, compute_dtype
 from .options import Merge
 
 
@@ -104,8 +104,8 @@ class EditFactors:
         """From ``U+`` ``(d, k+)``, ``U-`` ``(d, k-)`` and μ ``(d,)``, on ``device`` with
         ``dtype`` (default: ``pos``'s)."""
         if pos.ndim != 2 or neg.ndim != 2 or pos.shape[0] != neg.shape[0]:
-            raise ValueError(f"factors must be (d, k+) and (d, k-), got {tuple(pos.shape)} "
-                             f"and {tuple(neg.shape)}")  # fmt: skip
+            shapes = f"{tuple(pos.shape)} and {tuple(neg.shape)}"
+            raise ValueError(f"factors must be (d, k+) and (d, k-), got {shapes}")
         dtype = dtype or pos.dtype
         pos = pos.to(device=device or pos.device, dtype=dtype)
         neg = neg.to(device=pos.device, dtype=dtype)
@@ -114,12 +114,6 @@ class EditFactors:
             write=torch.cat([pos, -neg], dim=1),
             mean=None if mean is None else mean.to(device=pos.device, dtype=dtype),
         )
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the edit computes in for activations of ``dtype``: float32 for half
-    precision, else ``dtype`` itself."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def spectral_edit(

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.features import get_feature_map
+from ..core.features import compute_dtype, get_feature_map
 from ..core.options import Feature, Merge, Positions, Site
-from ..core.spectral import EditFactors, apply_edit, compute_dtype, dense_projections
+from ..core.spectral import EditFactors, apply_edit, dense_projections
 from ..hf.hooks import HookHandle
 from .base import SiteEditor
 from .file_format import EditorFormat, TensorField
